@@ -1,0 +1,42 @@
+"""Frozen configuration dataclasses. Hydra fills them once (see `pijax.run`); no module takes a DictConfig.
+
+Each pipeline stage owns one dataclass here so that the whole run's configuration is typed and hashable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+FfnActivation = Literal["silu", "relu", "drelu"]
+"""silu: SwiGLU silu(gate)*up; relu: ReGLU relu(gate)*up; drelu: relu(gate)*relu(up)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a LLaMA-family model, read from GGUF metadata (see `pijax.io.gguf`)."""
+
+    n_vocab: int
+    n_ctx: int
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    rope_dim: int
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    ffn_act: FfnActivation = "silu"
+    tied_output: bool = False
+    name: str = ""
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_embd_kv(self) -> int:
+        return self.head_dim * self.n_head_kv
+
+    def replace(self, **changes: object) -> ModelConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,355 @@
+"""GGUF v2/v3 reading and writing: the one parser and the one writer of every pijax file.
+
+Models, PowerInfer-style predictor files and the `.generated.gpuidx` all go through here. The `gguf` package
+supplies the constants and the (de)quantization kernels; parsing is ours so that we can accept PowerInfer's
+`PWRI` magic and its 2023 ggml type ids, and turn every malformation into one `GGUFFormatError` line that names
+the file, instead of a numpy or struct traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from pijax.errors import GGUFFormatError, UnsupportedModelError
+
+VT = gguf.GGUFValueType
+GGMLType = gguf.GGMLQuantizationType
+MAGICS = {b"GGUF": "GGUF", b"PWRI": "PWRI"}
+DEFAULT_ALIGNMENT = 32
+# PowerInfer files come from late-2023 ggml, where type 18 was I32 (now 26); see POWERINFER.md.
+POWERINFER_I32_TYPE_ID = 18
+_MAX_DIMS = 4
+_MAX_STRING = 1 << 30
+
+_SCALAR_FMT = {
+    VT.UINT8: "<B",
+    VT.INT8: "<b",
+    VT.UINT16: "<H",
+    VT.INT16: "<h",
+    VT.UINT32: "<I",
+    VT.INT32: "<i",
+    VT.FLOAT32: "<f",
+    VT.BOOL: "<?",
+    VT.UINT64: "<Q",
+    VT.INT64: "<q",
+    VT.FLOAT64: "<d",
+}
+_NUMPY_OF_VT = {
+    VT.UINT8: np.uint8,
+    VT.INT8: np.int8,
+    VT.UINT16: np.uint16,
+    VT.INT16: np.int16,
+    VT.UINT32: np.uint32,
+    VT.INT32: np.int32,
+    VT.FLOAT32: np.float32,
+    VT.BOOL: np.bool_,
+    VT.UINT64: np.uint64,
+    VT.INT64: np.int64,
+    VT.FLOAT64: np.float64,
+}
+_VT_OF_NUMPY = {np.dtype(v): k for k, v in _NUMPY_OF_VT.items()}
+_GGML_OF_NUMPY = {
+    np.dtype(np.float32): GGMLType.F32,
+    np.dtype(np.float16): GGMLType.F16,
+    np.dtype(np.int32): GGMLType.I32,
+    np.dtype(np.int8): GGMLType.I8,
+    np.dtype(np.int16): GGMLType.I16,
+    np.dtype(np.int64): GGMLType.I64,
+    np.dtype(np.float64): GGMLType.F64,
+}
+_PLAIN_NUMPY_OF_GGML = {v: k for k, v in _GGML_OF_NUMPY.items()}
+DEQUANTIZABLE = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0})
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+    """A metadata value with an explicit GGUF value type (for arrays: the element type)."""
+
+    value: Any
+    vtype: gguf.GGUFValueType
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]  # numpy order: the reverse of GGUF's ne
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+
+@dataclasses.dataclass
+class GGUFFile:
+    """A parsed GGUF file; tensor data is a read-only memory map, nothing is copied until asked."""
+
+    path: Path
+    magic: str
+    version: int
+    alignment: int
+    metadata: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+    _mmap: np.memmap
+    metadata_types: dict[str, gguf.GGUFValueType] = dataclasses.field(default_factory=dict)
+
+    @property
+    def file_size(self) -> int:
+        return int(self._mmap.shape[0])
+
+    def ggml_type(self, name: str) -> GGMLType:
+        info = self._info(name)
+        return _resolve_type(info.ggml_type, self.magic, info.name, self.path)
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored bytes of a tensor as a view; plain types come back typed and shaped."""
+        info = self._info(name)
+        buf = self._mmap[info.offset : info.offset + info.nbytes]
+        plain = _PLAIN_NUMPY_OF_GGML.get(self.ggml_type(name))
+        return buf.view(plain).reshape(info.shape) if plain is not None else buf
+
+    def array(self, name: str, dtype: np.typing.DTypeLike = np.float32) -> np.ndarray:
+        """A dequantized copy of a tensor in numpy shape."""
+        info = self._info(name)
+        qtype = self.ggml_type(name)
+        buf = self._mmap[info.offset : info.offset + info.nbytes]
+        if qtype in _PLAIN_NUMPY_OF_GGML:
+            out = buf.view(_PLAIN_NUMPY_OF_GGML[qtype]).reshape(info.shape)
+        elif qtype == GGMLType.BF16:
+            out = (buf.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+        elif qtype in DEQUANTIZABLE:
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            rows = buf.reshape(-1, info.shape[-1] // block * type_size)
+            out = gguf.quants.dequantize(np.asarray(rows), qtype).reshape(info.shape)
+        else:
+            raise UnsupportedModelError(
+                f"tensor {name} has type {qtype.name}; pijax reads F32, F16, BF16, Q8_0 and Q4_0", self.path
+            )
+        return np.array(out, dtype=dtype, copy=True)
+
+    def _info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            from pijax.errors import TensorError
+
+            raise TensorError(f"missing tensor {name}", self.path) from None
+
+
+def _resolve_type(type_id: int, magic: str, name: str, path: Path) -> GGMLType:
+    if magic == "PWRI" and type_id == POWERINFER_I32_TYPE_ID:
+        return GGMLType.I32
+    try:
+        return GGMLType(type_id)
+    except ValueError:
+        raise UnsupportedModelError(f"tensor {name} has unknown ggml type id {type_id}", path) from None
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads; running off the end is reported as truncation."""
+
+    def __init__(self, data: memoryview, path: Path) -> None:
+        self.data, self.pos, self.path = data, 0, path
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise GGUFFormatError(
+                f"truncated or corrupt: {what} at byte {self.pos} needs {n} bytes, the file has {len(self.data)}",
+                self.path,
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.scalar("<Q", what)
+        if n > _MAX_STRING:
+            raise GGUFFormatError(f"corrupt: {what} claims a {n}-byte string", self.path)
+        raw = self.take(n, what)
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise GGUFFormatError(f"corrupt: {what} is not valid UTF-8", self.path) from None
+
+    def value(self, vtype: int, key: str) -> Any:
+        try:
+            vt = VT(vtype)
+        except ValueError:
+            raise GGUFFormatError(f"corrupt: metadata {key!r} has unknown value type {vtype}", self.path) from None
+        if vt == VT.STRING:
+            return self.string(f"metadata {key!r}")
+        if vt == VT.ARRAY:
+            etype = self.scalar("<I", f"metadata {key!r}")
+            count = self.scalar("<Q", f"metadata {key!r}")
+            if etype in _SCALAR_FMT and etype != VT.BOOL:
+                dt = np.dtype(_NUMPY_OF_VT[VT(etype)]).newbyteorder("<")
+                raw = self.take(count * dt.itemsize, f"metadata {key!r}")
+                return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
+            if count > len(self.data):
+                raise GGUFFormatError(f"corrupt: metadata {key!r} claims {count} elements", self.path)
+            return [self.value(etype, key) for _ in range(count)]
+        return self.scalar(_SCALAR_FMT[vt], f"metadata {key!r}")
+
+
+def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
+    """Parse a GGUF (or PowerInfer `PWRI`) file; any malformation raises GGUFFormatError naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise GGUFFormatError(f"cannot open: {e.strerror}", path) from None
+    if size == 0:
+        raise GGUFFormatError("empty file (0 bytes), not a GGUF model", path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    cur = _Cursor(memoryview(mm), path)
+    magic_raw = bytes(cur.take(4, "magic"))
+    if magic_raw not in MAGICS:
+        raise GGUFFormatError(f"not a GGUF file (magic {magic_raw!r}, expected b'GGUF' or b'PWRI')", path)
+    magic = MAGICS[magic_raw]
+    version = cur.scalar("<I", "version")
+    if version not in (2, 3):
+        raise GGUFFormatError(f"unsupported GGUF version {version} (pijax reads 2 and 3)", path)
+    n_tensors = cur.scalar("<Q", "tensor count")
+    n_kv = cur.scalar("<Q", "metadata count")
+    if n_tensors > size or n_kv > size:
+        raise GGUFFormatError(f"corrupt header: {n_tensors} tensors, {n_kv} metadata entries", path)
+    metadata: dict[str, Any] = {}
+    metadata_types: dict[str, VT] = {}
+    for _ in range(n_kv):
+        key = cur.string("metadata key")
+        vtype = cur.scalar("<I", f"metadata {key!r}")
+        metadata[key] = cur.value(vtype, key)
+        metadata_types[key] = VT(vtype)
+    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFFormatError(f"corrupt: general.alignment {alignment} is not a power of two", path)
+    infos = []
+    for _ in range(n_tensors):
+        name = cur.string("tensor name")
+        n_dims = cur.scalar("<I", f"tensor {name}")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise GGUFFormatError(f"corrupt: tensor {name} has {n_dims} dimensions", path)
+        ne = [cur.scalar("<Q", f"tensor {name}") for _ in range(n_dims)]
+        type_id = cur.scalar("<I", f"tensor {name}")
+        rel = cur.scalar("<Q", f"tensor {name}")
+        infos.append((name, ne, type_id, rel))
+    data_start = -(-cur.pos // alignment) * alignment
+    tensors: dict[str, TensorInfo] = {}
+    for name, ne, type_id, rel in infos:
+        qtype = _resolve_type(type_id, magic, name, path)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        n = int(np.prod(ne, dtype=np.uint64))
+        if ne[0] % block:
+            raise GGUFFormatError(f"corrupt: tensor {name} row of {ne[0]} is not a multiple of {block}", path)
+        nbytes = n // block * type_size
+        start = data_start + rel
+        if rel % alignment or start + nbytes > size:
+            raise GGUFFormatError(
+                f"truncated or corrupt: tensor {name} spans bytes {start}..{start + nbytes}, the file has {size}",
+                path,
+            )
+        if name in tensors:
+            raise GGUFFormatError(f"corrupt: tensor {name} appears twice", path)
+        tensors[name] = TensorInfo(name, type_id, tuple(int(x) for x in reversed(ne)), start, nbytes)
+    return GGUFFile(path, magic, version, alignment, metadata, tensors, mm, metadata_types)
+
+
+def _pack_string(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _infer_vtype(value: Any) -> VT:
+    if isinstance(value, bool):
+        return VT.BOOL
+    if isinstance(value, int):
+        if 0 <= value < 1 << 32:
+            return VT.UINT32
+        return VT.INT64 if value < 0 else VT.UINT64
+    if isinstance(value, float):
+        return VT.FLOAT32
+    if isinstance(value, str):
+        return VT.STRING
+    if isinstance(value, np.generic):
+        return _VT_OF_NUMPY[value.dtype]
+    raise TypeError(f"cannot infer a GGUF type for {type(value).__name__}")
+
+
+def _pack_value(value: Any, vtype: VT | None = None) -> bytes:
+    """Type id + payload. For arrays, `vtype` is the element type."""
+    if isinstance(value, np.ndarray | list | tuple):
+        arr = value if isinstance(value, np.ndarray) else None
+        if arr is not None:
+            etype = vtype or _VT_OF_NUMPY[arr.dtype]
+            body = np.ascontiguousarray(arr, dtype=np.dtype(_NUMPY_OF_VT[etype]).newbyteorder("<")).tobytes()
+        else:
+            etype = vtype or (_infer_vtype(value[0]) if len(value) else VT.INT32)
+            body = b"".join(_pack_value(v, etype)[4:] for v in value)
+        return struct.pack("<IIQ", VT.ARRAY, etype, len(value)) + body
+    vt = vtype or _infer_vtype(value)
+    if vt == VT.STRING:
+        return struct.pack("<I", vt) + _pack_string(value)
+    return struct.pack("<I", vt) + struct.pack(_SCALAR_FMT[vt], value)
+
+
+def write_gguf(
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, Any],
+    tensors: Sequence[tuple[str, np.ndarray]],
+    *,
+    magic: str = "GGUF",
+    type_ids: Mapping[str, int] | None = None,
+    alignment: int = DEFAULT_ALIGNMENT,
+) -> None:
+    """Write a GGUF v3 file. Arrays are written in numpy shape (GGUF ne is the reverse).
+
+    Plain numpy dtypes map to their ggml types; a uint8 array plus a `type_ids` entry writes pre-quantized
+    blocks (its last axis is then bytes). `magic="PWRI"` and `type_ids={name: 18}` write PowerInfer's flavour.
+    """
+    if magic not in MAGICS.values():
+        raise ValueError(f"magic must be one of {sorted(MAGICS.values())}")
+    type_ids = dict(type_ids or {})
+    kv = bytearray()
+    for key, value in metadata.items():
+        kv += _pack_string(key)
+        if isinstance(value, Meta):
+            kv += _pack_value(value.value, None if value.vtype == VT.ARRAY else value.vtype)
+        else:
+            kv += _pack_value(value)
+    infos = bytearray()
+    payloads: list[bytes] = []
+    offset = 0
+    for name, arr in tensors:
+        arr = np.ascontiguousarray(arr)
+        if name in type_ids:
+            type_id = type_ids[name]
+            qtype = GGMLType.I32 if (magic == "PWRI" and type_id == POWERINFER_I32_TYPE_ID) else GGMLType(type_id)
+        else:
+            qtype = _GGML_OF_NUMPY[arr.dtype]
+            type_id = int(qtype)
+        shape = list(arr.shape)
+        if arr.dtype == np.uint8 and qtype not in _PLAIN_NUMPY_OF_GGML:
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            shape[-1] = shape[-1] // type_size * block
+        infos += _pack_string(name) + struct.pack("<I", len(shape))
+        infos += b"".join(struct.pack("<Q", d) for d in reversed(shape))
+        infos += struct.pack("<IQ", type_id, offset)
+        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        pad = -len(raw) % alignment
+        payloads.append(raw + b"\0" * pad)
+        offset += len(raw) + pad
+    header = struct.pack("<4sIQQ", magic.encode(), 3, len(tensors), len(metadata)) + bytes(kv) + bytes(infos)
+    header += b"\0" * (-len(header) % alignment)
+    with open(path, "wb") as f:
+        f.write(header)
+        for p in payloads:
+            f.write(p)
