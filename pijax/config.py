@@ -40,3 +40,32 @@ class ModelConfig:
 
     def replace(self, **changes: object) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which GGUF to load. An empty path means the stories260K model shipped with pijax."""
+
+    path: str = ""
+    ffn_act: FfnActivation | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    prompt: str = "Once upon a time"
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggerConfig:
+    """kind: none | wandb. W&B runs offline by default, writing under the run's output folder."""
+
+    kind: Literal["none", "wandb"] = "none"
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "pijax"
+    entity: str | None = None
+    tags: tuple[str, ...] = ()

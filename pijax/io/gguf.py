@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ MAGICS = {b"GGUF": "GGUF", b"PWRI": "PWRI"}
 DEFAULT_ALIGNMENT = 32
 # PowerInfer files come from late-2023 ggml, where type 18 was I32 (now 26); see POWERINFER.md.
 POWERINFER_I32_TYPE_ID = 18
+GPU_INDEX_ARCH = "generic.gpu_index"
 _MAX_DIMS = 4
 _MAX_STRING = 1 << 30
 
@@ -105,7 +106,8 @@ class GGUFFile:
 
     def ggml_type(self, name: str) -> GGMLType:
         info = self._info(name)
-        return _resolve_type(info.ggml_type, self.magic, info.name, self.path)
+        arch = self.metadata.get("general.architecture")
+        return _resolve_type(info.ggml_type, self.magic, info.name, self.path, arch)
 
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes of a tensor as a view; plain types come back typed and shaped."""
@@ -142,8 +144,13 @@ class GGUFFile:
             raise TensorError(f"missing tensor {name}", self.path) from None
 
 
-def _resolve_type(type_id: int, magic: str, name: str, path: Path) -> GGMLType:
-    if magic == "PWRI" and type_id == POWERINFER_I32_TYPE_ID:
+def _is_old_i32(type_id: int, magic: str, arch: Any) -> bool:
+    """PowerInfer-era files: the PWRI magic, or a gpu index (which never holds IQ3_XXS) under either magic."""
+    return type_id == POWERINFER_I32_TYPE_ID and (magic == "PWRI" or arch == GPU_INDEX_ARCH)
+
+
+def _resolve_type(type_id: int, magic: str, name: str, path: Path, arch: Any = None) -> GGMLType:
+    if _is_old_i32(type_id, magic, arch):
         return GGMLType.I32
     try:
         return GGMLType(type_id)
@@ -245,7 +252,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     data_start = -(-cur.pos // alignment) * alignment
     tensors: dict[str, TensorInfo] = {}
     for name, ne, type_id, rel in infos:
-        qtype = _resolve_type(type_id, magic, name, path)
+        qtype = _resolve_type(type_id, magic, name, path, metadata.get("general.architecture"))
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
         n = int(np.prod(ne, dtype=np.uint64))
         if ne[0] % block:
@@ -301,6 +308,16 @@ def _pack_value(value: Any, vtype: VT | None = None) -> bytes:
     return struct.pack("<I", vt) + struct.pack(_SCALAR_FMT[vt], value)
 
 
+def _tensor_type(
+    name: str, dtype: np.dtype, type_ids: Mapping[str, int], magic: str, arch: Any
+) -> tuple[int, GGMLType]:
+    if name in type_ids:
+        type_id = type_ids[name]
+        return type_id, GGMLType.I32 if _is_old_i32(type_id, magic, arch) else GGMLType(type_id)
+    qtype = _GGML_OF_NUMPY[np.dtype(dtype)]
+    return int(qtype), qtype
+
+
 def write_gguf(
     path: str | os.PathLike[str],
     metadata: Mapping[str, Any],
@@ -315,9 +332,32 @@ def write_gguf(
     Plain numpy dtypes map to their ggml types; a uint8 array plus a `type_ids` entry writes pre-quantized
     blocks (its last axis is then bytes). `magic="PWRI"` and `type_ids={name: 18}` write PowerInfer's flavour.
     """
+    specs = [(name, arr.shape, arr.dtype) for name, arr in tensors]
+    write_gguf_stream(
+        path, metadata, specs, (arr for _, arr in tensors), magic=magic, type_ids=type_ids, alignment=alignment
+    )
+
+
+def write_gguf_stream(
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, Any],
+    specs: Sequence[tuple[str, tuple[int, ...], np.typing.DTypeLike]],
+    arrays: Iterable[np.ndarray],
+    *,
+    magic: str = "GGUF",
+    type_ids: Mapping[str, int] | None = None,
+    alignment: int = DEFAULT_ALIGNMENT,
+) -> None:
+    """Write a GGUF v3 file whose tensors arrive one at a time from `arrays`, in the order of `specs`.
+
+    For files larger than memory (e.g. synthetic scale models): the header is built from `specs` (name, numpy
+    shape, dtype) and each array is written and dropped as soon as it arrives.
+    """
     if magic not in MAGICS.values():
         raise ValueError(f"magic must be one of {sorted(MAGICS.values())}")
     type_ids = dict(type_ids or {})
+    arch = metadata.get("general.architecture")
+    arch = arch.value if isinstance(arch, Meta) else arch
     kv = bytearray()
     for key, value in metadata.items():
         kv += _pack_string(key)
@@ -326,30 +366,30 @@ def write_gguf(
         else:
             kv += _pack_value(value)
     infos = bytearray()
-    payloads: list[bytes] = []
     offset = 0
-    for name, arr in tensors:
-        arr = np.ascontiguousarray(arr)
-        if name in type_ids:
-            type_id = type_ids[name]
-            qtype = GGMLType.I32 if (magic == "PWRI" and type_id == POWERINFER_I32_TYPE_ID) else GGMLType(type_id)
-        else:
-            qtype = _GGML_OF_NUMPY[arr.dtype]
-            type_id = int(qtype)
-        shape = list(arr.shape)
-        if arr.dtype == np.uint8 and qtype not in _PLAIN_NUMPY_OF_GGML:
+    for name, shape, dtype in specs:
+        type_id, qtype = _tensor_type(name, np.dtype(dtype), type_ids, magic, arch)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        ne = list(shape)
+        if np.dtype(dtype) == np.uint8 and qtype not in _PLAIN_NUMPY_OF_GGML:
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            shape[-1] = shape[-1] // type_size * block
-        infos += _pack_string(name) + struct.pack("<I", len(shape))
-        infos += b"".join(struct.pack("<Q", d) for d in reversed(shape))
+            ne[-1] = ne[-1] // type_size * block
+        infos += _pack_string(name) + struct.pack("<I", len(ne))
+        infos += b"".join(struct.pack("<Q", d) for d in reversed(ne))
         infos += struct.pack("<IQ", type_id, offset)
-        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        pad = -len(raw) % alignment
-        payloads.append(raw + b"\0" * pad)
-        offset += len(raw) + pad
-    header = struct.pack("<4sIQQ", magic.encode(), 3, len(tensors), len(metadata)) + bytes(kv) + bytes(infos)
+        offset += nbytes + (-nbytes % alignment)
+    header = struct.pack("<4sIQQ", magic.encode(), 3, len(specs), len(metadata)) + bytes(kv) + bytes(infos)
     header += b"\0" * (-len(header) % alignment)
     with open(path, "wb") as f:
         f.write(header)
-        for p in payloads:
-            f.write(p)
+        it = iter(arrays)
+        for name, shape, dtype in specs:
+            arr = next(it, None)
+            if arr is None or arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+                got = "nothing" if arr is None else f"{arr.dtype}{arr.shape}"
+                raise ValueError(f"tensor {name}: expected {np.dtype(dtype)}{tuple(shape)}, got {got}")
+            raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
+            f.write(memoryview(raw).cast("B"))
+            f.write(b"\0" * (-raw.nbytes % alignment))
+        if next(it, None) is not None:
+            raise ValueError(f"more arrays than the {len(specs)} tensor specs")

@@ -1,0 +1,76 @@
+"""Text corpora for profiling, training and evaluation: reading, validating, splitting and windowing.
+
+A corpus is a UTF-8 text file of documents separated by lines `<|endoftext|>` (TinyStories' convention); a file
+without separators is split on blank lines. The held-out split is the *last* fraction of documents, so "text the
+predictors never saw" is a fixed, inspectable set rather than a random draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pijax.errors import DataError
+from pijax.io.tokenizer import Tokenizer
+from pijax.paths import TINYSTORIES
+
+SEPARATOR = "<|endoftext|>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    path: Path
+    docs: tuple[str, ...]
+    sha256: str
+
+    def split(self, held_out: float = 0.1) -> tuple[Corpus, Corpus]:
+        """(train, held-out): the held-out part is the last `held_out` fraction of documents."""
+        if not 0.0 < held_out < 1.0:
+            raise DataError(f"held-out fraction must be in (0, 1), got {held_out}", self.path)
+        n_held = max(1, round(len(self.docs) * held_out))
+        if n_held >= len(self.docs):
+            raise DataError(f"only {len(self.docs)} document(s): too few to hold some out", self.path)
+        head, tail = self.docs[:-n_held], self.docs[-n_held:]
+        return dataclasses.replace(self, docs=head), dataclasses.replace(self, docs=tail)
+
+
+def load_corpus(path: str | os.PathLike[str] | None = None) -> Corpus:
+    """Read and validate a UTF-8 text corpus (default: the TinyStories text shipped with pijax)."""
+    path = Path(path) if path else TINYSTORIES
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read corpus: {e.strerror}", path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"corpus is not UTF-8 text (invalid byte at offset {e.start})", path) from None
+    if "\x00" in text:
+        raise DataError("corpus is not text (it contains NUL bytes)", path)
+    parts = text.split(SEPARATOR) if SEPARATOR in text else text.split("\n\n")
+    docs = [d.strip() for d in parts if d.strip()]
+    if not docs:
+        raise DataError("corpus is empty (no text after removing whitespace and separators)", path)
+    return Corpus(path, tuple(docs), hashlib.sha256(raw).hexdigest()[:16])
+
+
+def token_windows(
+    tokenizer: Tokenizer, docs: Sequence[str], seq_len: int, *, max_tokens: int | None = None
+) -> np.ndarray:
+    """Encode documents (each with BOS), concatenate, and cut into full windows: int32 [N, seq_len]."""
+    ids: list[int] = []
+    for doc in docs:
+        ids.extend(tokenizer.encode(doc, bos=True))
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise DataError(f"corpus has {len(ids)} tokens, fewer than one window of {seq_len}")
+    return np.asarray(ids[: n * seq_len], dtype=np.int32).reshape(n, seq_len)

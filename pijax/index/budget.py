@@ -1,0 +1,235 @@
+"""Accelerator-memory accounting: how many FFN neurons fit once everything that must be resident is placed.
+
+Order of accounting follows PowerInfer (attention with its norm, predictors, FFN norms, output head and output
+norm, KV cache for n_ctx); pijax adds what PowerInfer forgets, the compute buffers and the bucket arrays, so a
+budget that "fits" does not run out of memory later. The token embedding never goes to the accelerator.
+
+Per hot neuron: (3 with a gate, else 2) x n_embd x itemsize weight bytes, plus 4 bytes for its int32 bucket entry.
+Each layer also keeps an int32 [n_ff] neuron map on the accelerator (PowerInfer's gpu_idx), counted as dense.
+
+Compute buffers are an estimate, in the compute dtype, for a step of n_batch tokens:
+    n_batch x (4 D + 2 D_kv + H x n_ctx + 4 F + R_max + V) x compute_itemsize
+(residual and normed input, q, attention output, k, v, attention scores, gate/up/activation/predictor logits,
+predictor hidden, output logits).
+
+PowerInfer's own capacity rounding (`rounding="powerinfer"`, used with `powerinfer_compat`):
+    capacity = floor(remaining / (n_ff x itemsize x (4.5 with a gate, else 2))) x 4
+It uses n_ff where the true cost is n_embd; pijax also caps it at the exact capacity so it can never overshoot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from pijax.config import ModelConfig
+from pijax.errors import BudgetError, ConfigError
+
+BUCKET_BYTES_PER_NEURON = 4
+"""int32 bucket entry per hot neuron."""
+
+_DTYPE_BYTES: dict[str, float] = {
+    "f32": 4.0,
+    "float32": 4.0,
+    "f16": 2.0,
+    "float16": 2.0,
+    "bf16": 2.0,
+    "bfloat16": 2.0,
+    "q8_0": 34 / 32,
+    "q4_0": 18 / 32,
+}
+
+_UNITS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """'6GiB' -> 6442450944. Units: B; KB/MB/GB/TB (powers of 1000); K/M/G/T and KiB/MiB/GiB/TiB (powers of 1024).
+
+    A bare number is bytes. Fractions are floored to whole bytes. Anything else raises ConfigError.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"budget must be a byte count or a string like '6GiB', got {value!r}")
+    if isinstance(value, int | np.integer):
+        if value < 0:
+            raise ConfigError(f"budget must not be negative, got {value}")
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"budget must be a finite non-negative number of bytes, got {value!r}")
+        return int(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"budget must be a byte count or a string like '6GiB', got {type(value).__name__}")
+    m = _BYTES_RE.match(value)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise ConfigError(f"cannot read budget {value!r}; write e.g. '6GiB', '512MiB', '2GB' or a byte count")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def dtype_bytes(dtype: str | np.dtype | type) -> float:
+    """Bytes per stored weight: 'f32' 4, 'f16'/'bf16' 2, 'q8_0' 34/32, 'q4_0' 18/32 (block scales included)."""
+    if isinstance(dtype, str) and dtype.lower() in _DTYPE_BYTES:
+        return _DTYPE_BYTES[dtype.lower()]
+    try:
+        return float(np.dtype(dtype).itemsize)
+    except TypeError:
+        raise ConfigError(f"unknown weight dtype {dtype!r}; use one of {sorted(_DTYPE_BYTES)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    """Where an accelerator budget goes. All sizes in bytes; `capacity_neurons` is the FFN rows that fit."""
+
+    budget_bytes: int
+    attention_bytes: int
+    predictor_bytes: int
+    ffn_norm_bytes: int
+    output_bytes: int
+    kv_cache_bytes: int
+    compute_buffer_bytes: int
+    neuron_map_bytes: int
+    remaining_bytes: int
+    bytes_per_neuron: int
+    bucket_bytes_per_neuron: int
+    capacity_neurons: int
+    total_neurons: int
+    fits: bool
+    rounding: Literal["exact", "powerinfer"] = "exact"
+
+    @property
+    def dense_bytes(self) -> int:
+        """Everything resident before any FFN row."""
+        return sum(self.parts().values())
+
+    @property
+    def hot_bytes_at_capacity(self) -> int:
+        return self.capacity_neurons * (self.bytes_per_neuron + self.bucket_bytes_per_neuron)
+
+    def parts(self) -> dict[str, int]:
+        return {
+            "attention (+ norm)": self.attention_bytes,
+            "predictors": self.predictor_bytes,
+            "ffn norms": self.ffn_norm_bytes,
+            "output (+ norm)": self.output_bytes,
+            "kv cache": self.kv_cache_bytes,
+            "compute buffers": self.compute_buffer_bytes,
+            "neuron maps": self.neuron_map_bytes,
+        }
+
+    def summary(self) -> str:
+        rows = [f"{k:<20} {v:>16,d}" for k, v in self.parts().items()]
+        rows.append(f"{'dense total':<20} {self.dense_bytes:>16,d}")
+        rows.append(f"{'budget':<20} {self.budget_bytes:>16,d}")
+        rows.append(
+            f"{'ffn neurons':<20} {self.capacity_neurons:>16,d} of {self.total_neurons:,d} "
+            f"({self.bytes_per_neuron + self.bucket_bytes_per_neuron:,d} B each, {self.rounding} rounding)"
+        )
+        return "\n".join(rows)
+
+
+def plan_budget(
+    model_cfg: ModelConfig,
+    budget: int | float | str,
+    *,
+    weight_dtype: str | np.dtype = "f32",
+    kv_dtype: str | np.dtype = "f32",
+    predictor_dtype: str | np.dtype | None = None,
+    compute_dtype: str | np.dtype = "f32",
+    n_ctx: int | None = None,
+    n_batch: int = 512,
+    predictor_ranks: Sequence[int] | None = None,
+    gated: bool = True,
+    n_devices: int = 1,
+    replicate_dense: bool = True,
+    rounding: Literal["exact", "powerinfer"] = "exact",
+    allow_all_cold: bool = False,
+) -> BudgetPlan:
+    """Account `budget` (total over `n_devices` accelerators) and return the FFN neuron capacity.
+
+    n_ctx defaults to the model's; n_batch is clipped to n_ctx. With `replicate_dense` every device holds the
+    dense part and its own compute buffers; otherwise the dense part is counted once (sharded). Raises
+    BudgetError naming the bytes needed when the dense part does not fit, unless `allow_all_cold`, which
+    returns a plan with capacity 0 and `fits=False`.
+    """
+    budget_bytes = parse_bytes(budget)
+    cfg = model_cfg
+    if n_devices < 1:
+        raise ConfigError(f"n_devices must be >= 1, got {n_devices}")
+    if rounding not in ("exact", "powerinfer"):
+        raise ConfigError(f"rounding must be 'exact' or 'powerinfer', got {rounding!r}")
+    n_ctx = cfg.n_ctx if n_ctx is None else int(n_ctx)
+    if n_ctx < 1 or n_batch < 1:
+        raise ConfigError(f"n_ctx and n_batch must be >= 1, got {n_ctx}, {n_batch}")
+    if predictor_ranks is not None and len(predictor_ranks) != cfg.n_layer:
+        raise ConfigError(f"{len(predictor_ranks)} predictor ranks given for a model of {cfg.n_layer} layers")
+    wb = dtype_bytes(weight_dtype)
+    pb = wb if predictor_dtype is None else dtype_bytes(predictor_dtype)
+    kvb = dtype_bytes(kv_dtype)
+    cb = dtype_bytes(compute_dtype)
+    norm_b = 4  # norms stay f32
+    d, dkv, f, n_layer = cfg.n_embd, cfg.n_embd_kv, cfg.n_ff, cfg.n_layer
+
+    attention = n_layer * (math.ceil((2 * d * d + 2 * dkv * d) * wb) + d * norm_b)
+    ranks = list(predictor_ranks or [])
+    predictors = sum(math.ceil((r * d + f * r) * pb) for r in ranks)
+    ffn_norms = n_layer * d * norm_b
+    output = math.ceil(cfg.n_vocab * d * wb) + d * norm_b
+    kv_cache = math.ceil(2 * n_layer * n_ctx * dkv * kvb)
+    tokens = min(n_batch, n_ctx)
+    r_max = max(ranks, default=0)
+    compute = math.ceil(tokens * (4 * d + 2 * dkv + cfg.n_head * n_ctx + 4 * f + r_max + cfg.n_vocab) * cb)
+    neuron_maps = n_layer * f * 4
+    copies = n_devices if replicate_dense else 1
+    dense = (attention + predictors + ffn_norms + output + kv_cache + neuron_maps) * copies + compute * n_devices
+    per_neuron = math.ceil((3 if gated else 2) * d * wb)
+    total = n_layer * f
+
+    fits = dense <= budget_bytes
+    if not fits and not allow_all_cold:
+        raise BudgetError(
+            f"the dense part needs {dense:,d} bytes ({dense / 2**30:.3f} GiB) but the budget is "
+            f"{budget_bytes:,d} bytes; raise the budget by {dense - budget_bytes:,d} bytes or allow an all-cold index"
+        )
+    remaining = max(budget_bytes - dense, 0)
+    capacity = min(remaining // (per_neuron + BUCKET_BYTES_PER_NEURON), total)
+    if rounding == "powerinfer":
+        pi = math.floor(remaining / (f * wb * (4.5 if gated else 2))) * 4
+        capacity = min(capacity, pi)
+    return BudgetPlan(
+        budget_bytes=budget_bytes,
+        attention_bytes=attention * copies,
+        predictor_bytes=predictors * copies,
+        ffn_norm_bytes=ffn_norms * copies,
+        output_bytes=output * copies,
+        kv_cache_bytes=kv_cache * copies,
+        compute_buffer_bytes=compute * n_devices,
+        neuron_map_bytes=neuron_maps * copies,
+        remaining_bytes=remaining,
+        bytes_per_neuron=per_neuron,
+        bucket_bytes_per_neuron=BUCKET_BYTES_PER_NEURON,
+        capacity_neurons=int(capacity),
+        total_neurons=total,
+        fits=fits,
+        rounding=rounding,
+    )

@@ -1,0 +1,142 @@
+"""The `cost_model` policy: choose hot sets that maximise the predicted tokens/s of a hardware profile.
+
+Objective (per decoded token; all layers' FFNs, rows read once per predicted-active neuron):
+    p_i    = count_i / n_tokens                          activation frequency of neuron i
+    r_i    = recall x p_i / precision                    how often its row is computed (true + false positives)
+    G_l    = bytes_per_neuron x sum_{i hot}  r_i / accel_bandwidth     accelerator time of layer l
+    C_l    = bytes_per_neuron x sum_{i cold} r_i / host_bandwidth      host time of layer l
+    S_l    = (sync_us_per_layer + transfer_bytes / pcie) x [layer l has a cold neuron]
+    t      = dense_bytes / accel_bandwidth + sum_l ( max(G_l, C_l) + S_l )
+    tokens/s = 1 / t,  maximised subject to sum_l |hot_l| <= capacity.
+Both sides of a split layer run in parallel and meet once (max + sync). The dense term does not depend on the
+choice. Within a layer the best set of a given size is its top neurons by count (r_i is proportional to the
+count), so each layer chooses a number of groups (groups as in `pijax.index.policies`: descending counts, the
+final partial group charged in full). The layers' choices are coupled only through the capacity, and a dynamic
+programme over (layer, groups used) finds the exact optimum in O(n_layer x groups_per_layer x capacity_groups).
+Leaving capacity unused is allowed: past the balance point G_l > C_l, extra hot rows only slow the layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pijax.errors import ConfigError
+from pijax.index.hardware import HardwareProfile
+from pijax.index.policies import descending_order, group_sums, register_policy, top_k_per_layer
+
+
+def _rows_per_token(counts: np.ndarray, recall: float, precision: float, n_tokens: int | None) -> np.ndarray:
+    if not (0 < recall <= 1 and 0 < precision <= 1):
+        raise ConfigError(f"recall and precision must be in (0, 1], got {recall}, {precision}")
+    tokens = float(n_tokens) if n_tokens else float(max(counts.max(), 1))
+    return counts.astype(np.float64) * (recall / precision / tokens)
+
+
+def layer_costs(
+    counts: np.ndarray,
+    hardware: HardwareProfile,
+    *,
+    group_size: int,
+    recall: float,
+    precision: float,
+    n_tokens: int | None,
+    bytes_per_neuron: int,
+    transfer_bytes: int,
+) -> np.ndarray:
+    """`[n_layer, n_groups + 1]` seconds per token of each layer's FFN with its top j groups hot (j = 0..n_groups)."""
+    rows = _rows_per_token(counts, recall, precision, n_tokens)
+    order = descending_order(counts)
+    sums = group_sums(rows, order, group_size)
+    hot = np.concatenate([np.zeros((sums.shape[0], 1)), np.cumsum(sums, axis=1)], axis=1)
+    cold = hot[:, -1:] - hot
+    accel = bytes_per_neuron * hot / (hardware.accel_bandwidth_gbs * 1e9)
+    host = bytes_per_neuron * cold / (hardware.host_bandwidth_gbs * 1e9)
+    sync = hardware.sync_us_per_layer * 1e-6 + transfer_bytes / (hardware.pcie_gbs * 1e9)
+    split = np.ones_like(hot)
+    split[:, -1] = 0.0  # all groups hot: the layer never leaves the accelerator
+    return np.maximum(accel, host) + sync * split
+
+
+def allocate_groups(costs: np.ndarray, capacity_groups: int) -> np.ndarray:
+    """Groups per layer minimising sum_l costs[l, j_l] subject to sum_l j_l <= capacity_groups (exact DP)."""
+    n_layer, n_opts = costs.shape
+    cap = int(min(capacity_groups, n_layer * (n_opts - 1)))
+    dp = np.full(cap + 1, np.inf)
+    dp[0] = 0.0
+    choice = np.zeros((n_layer, cap + 1), dtype=np.int32)
+    for layer in range(n_layer):
+        new = np.full(cap + 1, np.inf)
+        pick = np.zeros(cap + 1, dtype=np.int32)
+        for j in range(min(n_opts - 1, cap) + 1):
+            cand = dp[: cap + 1 - j] + costs[layer, j]
+            better = cand < new[j:]
+            new[j:][better] = cand[better]
+            pick[j:][better] = j
+        dp, choice[layer] = new, pick
+    used = int(np.argmin(dp))
+    ks = np.zeros(n_layer, dtype=np.int64)
+    for layer in range(n_layer - 1, -1, -1):
+        ks[layer] = choice[layer, used]
+        used -= int(ks[layer])
+    return ks
+
+
+@register_policy("cost_model")
+def cost_model_policy(
+    counts: np.ndarray,
+    capacity: int,
+    *,
+    hardware: HardwareProfile | None = None,
+    group_size: int = 256,
+    recall: float = 0.9,
+    precision: float = 0.6,
+    n_tokens: int | None = None,
+    bytes_per_neuron: int = 3 * 4096 * 2,
+    transfer_bytes: int = 0,
+) -> list[np.ndarray]:
+    """Hot sets maximising predicted tokens/s (objective in the module docstring). n_tokens defaults to max count."""
+    if hardware is None:
+        raise ConfigError("the cost_model policy needs a hardware profile (see pijax.index.hardware.PRESETS)")
+    if int(group_size) < 1:
+        raise ConfigError(f"group_size must be >= 1, got {group_size}")
+    g = int(group_size)
+    costs = layer_costs(
+        counts,
+        hardware,
+        group_size=g,
+        recall=recall,
+        precision=precision,
+        n_tokens=n_tokens,
+        bytes_per_neuron=bytes_per_neuron,
+        transfer_bytes=transfer_bytes,
+    )
+    groups = allocate_groups(costs, capacity // g)
+    return top_k_per_layer(descending_order(counts), np.minimum(groups * g, counts.shape[1]))
+
+
+def predicted_token_seconds(
+    buckets: list[np.ndarray],
+    counts: np.ndarray,
+    hardware: HardwareProfile,
+    *,
+    recall: float = 0.9,
+    precision: float = 0.6,
+    n_tokens: int | None = None,
+    bytes_per_neuron: int = 3 * 4096 * 2,
+    transfer_bytes: int = 0,
+    dense_bytes: int = 0,
+    **_: Any,
+) -> float:
+    """The cost model's t (module docstring) for any hot sets; simulated, not measured."""
+    rows = _rows_per_token(np.asarray(counts), recall, precision, n_tokens)
+    total = dense_bytes / (hardware.accel_bandwidth_gbs * 1e9)
+    sync = hardware.sync_us_per_layer * 1e-6 + transfer_bytes / (hardware.pcie_gbs * 1e9)
+    for layer, ids in enumerate(buckets):
+        hot = rows[layer, ids].sum()
+        cold = rows[layer].sum() - hot
+        accel = bytes_per_neuron * hot / (hardware.accel_bandwidth_gbs * 1e9)
+        host = bytes_per_neuron * cold / (hardware.host_bandwidth_gbs * 1e9)
+        total += max(accel, host) + (sync if len(ids) < rows.shape[1] else 0.0)
+    return float(total)

@@ -1,0 +1,23 @@
+"""The task registry behind `python -m pijax.run task=NAME`: each task is a module with `run(cfg, out_dir)`.
+
+Modules are imported on demand so that `task=generate` does not pay for scipy, optax or wandb.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pijax.errors import ConfigError
+
+TASKS: dict[str, str] = {
+    "generate": "pijax.tasks.generate",
+}
+
+
+def get_task(name: str) -> Callable[[Any, Path], Any]:
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    return importlib.import_module(TASKS[name]).run
