@@ -6,7 +6,10 @@ Each pipeline stage owns one dataclass here so that the whole run's configuratio
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
+
+from pijax.paths import STORIES260K
 
 FfnActivation = Literal["silu", "relu", "drelu"]
 """silu: SwiGLU silu(gate)*up; relu: ReGLU relu(gate)*up; drelu: relu(gate)*relu(up)."""
@@ -48,6 +51,9 @@ class ModelSpec:
 
     path: str = ""
     ffn_act: FfnActivation | None = None
+
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser() if self.path else STORIES260K
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,12 +9,16 @@ from pijax.run_config import RunConfig
 
 
 def run(cfg: RunConfig, out_dir: Path) -> float:
-    model = load_model(cfg.model.path or None, ffn_act=cfg.model.ffn_act)
+    from pijax.tasks.generate_hybrid import hybrid_requested, run_hybrid
+
+    if hybrid_requested(cfg):  # a budget: hot rows on the accelerators, cold ones on the host
+        return run_hybrid(cfg, out_dir)
+    model = load_model(cfg.model.resolved_path(), ffn_act=cfg.model.ffn_act)
     g = cfg.generate
     res = model.generate(
         g.prompt, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed
     )
-    print(res.text)
+    print(g.prompt + res.text)
     print(
         f"\n[{model.config.name or 'model'}] prompt {len(res.prompt_ids)} tokens at {res.prefill_tok_s:.1f} tok/s, "
         f"decode {len(res.new_ids)} tokens at {res.decode_tok_s:.1f} tok/s"

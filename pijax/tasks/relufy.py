@@ -1,0 +1,59 @@
+"""task=relufy: fine-tune a ReLU (ReGLU) copy of a SiLU model, save it as GGUF, and report the before/after figures.
+
+`python -m pijax.run +experiment=relufy_stories260k` (recipe: `relufy.*`, see RelufyConfig). Writes into the run's
+folder: the GGUF (or `relufy.out`), relufy_history.csv, relufy_curve.png, relufy_layers.csv and relufy_summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from pijax.api import load_model
+from pijax.corpus import load_corpus
+from pijax.paths import STORIES260K
+from pijax.results import format_table, write_results_csv
+from pijax.run_config import RunConfig
+from pijax.sparsity.relufy import plot_history, relufy, save_relufied
+from pijax.tracking import make_tracker
+
+SMOKE_STEPS = 20
+
+
+def run(cfg: RunConfig, out_dir: Path) -> float:
+    rcfg = cfg.relufy
+    if cfg.smoke:
+        rcfg = dataclasses.replace(rcfg, steps=min(rcfg.steps, SMOKE_STEPS), eval_interval=10, smoke=True)
+    teacher = load_model(cfg.model.path or STORIES260K, ffn_act=cfg.model.ffn_act)
+    corpus = load_corpus(cfg.corpus or None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with make_tracker(cfg.logger, out_dir, "relufy", dataclasses.asdict(cfg)) as tracker:
+        res = relufy(teacher, corpus, rcfg)
+        gguf = save_relufied(Path(rcfg.out) if rcfg.out else out_dir / "stories260K_relu.gguf", res, teacher)
+        for row in res.history:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        hist_csv = write_results_csv(out_dir / "relufy_history.csv", res.history)
+        png = plot_history(
+            res.history,
+            out_dir / "relufy_curve.png",
+            title=f"ReLU-fication of {Path(teacher.checkpoint.gguf.path).stem}",
+        )
+        layers = [
+            {"layer": i, "sparsity_relu_untrained": b, "sparsity_relufied": a}
+            for i, (b, a) in enumerate(zip(res.sparsity_before, res.sparsity_after, strict=True))
+        ]
+        write_results_csv(out_dir / "relufy_layers.csv", layers)
+        summary = res.summary() | {"gguf": str(gguf), "recipe": dataclasses.asdict(rcfg)}
+        (out_dir / "relufy_summary.json").write_text(json.dumps(summary, indent=1))
+        tracker.log_table("relufy_layers", list(layers[0]), [list(r.values()) for r in layers])
+        tracker.log_metrics({k: v for k, v in res.summary().items() if isinstance(v, float | int)})
+        tracker.log_image("relufy_curve", png)
+    print(format_table(layers))
+    print(
+        f"\nheld-out perplexity ({res.held_out_tokens} tokens, windows of {rcfg.seq_len}): SiLU {res.ppl_teacher:.3f}, "
+        f"ReLU untrained {res.ppl_relu_untrained:.1f}, ReLU-fied {res.ppl_student:.3f} ({res.ppl_increase:+.1%})"
+    )
+    print(f"FFN sparsity (exact zeros, held-out): {res.sparsity:.3f}; {rcfg.steps} steps in {res.wall_s:.0f} s")
+    print(f"wrote {gguf}\n      {hist_csv}\n      {png}")
+    return res.ppl_student
