@@ -6,8 +6,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from pijax.bench.config import SimulateConfig, SweepConfig
 from pijax.config import GenerateConfig, LoggerConfig, ModelSpec
 from pijax.configure import build
+from pijax.index.config import IndexConfig
+from pijax.layout.config import HardwareConfig
+from pijax.sparsity.config import ProfileConfig
+from pijax.sparsity.predictor_config import PredictorTrainConfig
+from pijax.sparsity.relufy_config import RelufyConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +26,13 @@ class RunConfig:
     model: ModelSpec = ModelSpec()
     generate: GenerateConfig = GenerateConfig()
     logger: LoggerConfig = LoggerConfig()
+    sparsity: ProfileConfig = ProfileConfig()
+    relufy: RelufyConfig = RelufyConfig()
+    predictor: PredictorTrainConfig = PredictorTrainConfig()
+    index: IndexConfig = IndexConfig()
+    hardware: HardwareConfig = HardwareConfig()
+    sweep: SweepConfig = SweepConfig()
+    simulate: SimulateConfig = SimulateConfig()
 
 
 def build_run_config(mapping: Mapping[str, Any]) -> RunConfig:

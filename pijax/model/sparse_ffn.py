@@ -255,19 +255,22 @@ def sparsify(
     mode: MaskSource,
     capacities: Sequence[int] | None = None,
     predictors: Sequence[PredictorWeights | Predictor] | None = None,
-    pred_threshold: float | Sequence[float] = 0.0,
+    pred_threshold: float | Sequence[float] | None = None,
     act_thresholds: Sequence[float] | np.ndarray | None = None,
     max_gather_rows: int | None = None,
 ) -> None:
     """Swap every `block.ffn` of a Model (or a bare Llama) for a SparseFFN, in place.
 
     `capacities` None means no cap (n_ff). In predictor mode `predictors` defaults to those of the model's
-    checkpoint (a PowerInfer-style GGUF). Per-layer arguments must have one entry per layer."""
+    checkpoint (a PowerInfer-style GGUF), and `pred_threshold` None to the checkpoint's
+    `powerinfer.sparse_threshold` (0 without one). Per-layer arguments must have one entry per layer."""
     llama = getattr(model, "module", model)
     cfg: ModelConfig = llama.cfg
     n_layer = _n_layer(llama)
+    ckpt = getattr(model, "checkpoint", None)
+    if pred_threshold is None:
+        pred_threshold = 0.0 if ckpt is None else float(ckpt.weights.sparse_threshold)
     if predictors is None and mode == "predictor":
-        ckpt = getattr(model, "checkpoint", None)
         predictors = None if ckpt is None else ckpt.weights.predictors
         if predictors is None:
             raise ConfigError("mask source 'predictor' needs predictors (the model file has none)")

@@ -14,6 +14,12 @@ from pijax.errors import ConfigError
 
 TASKS: dict[str, str] = {
     "generate": "pijax.tasks.generate",
+    "profile": "pijax.tasks.profile",
+    "relufy": "pijax.tasks.relufy",
+    "train_predictors": "pijax.tasks.train_predictors",
+    "sweep": "pijax.tasks.sweep",
+    "simulate": "pijax.tasks.simulate",
+    "gpuidx": "pijax.tasks.gpuidx",
 }
 
 
