@@ -1,4 +1,4 @@
-"""Test-wide setup: 4 virtual CPU devices stand in for accelerators, and W&B never touches the network.
+"""Test-wide setup: 8 virtual CPU devices stand in for accelerators (and a host), and W&B never touches the network.
 
 The XLA flag must be set before jax is first imported, which is why it lives here at import time.
 """
@@ -9,7 +9,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

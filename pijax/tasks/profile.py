@@ -137,7 +137,10 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
     corpus = load_corpus(cfg.corpus or None)
     model = load_model(cfg.model.resolved_path(), ffn_act=cfg.model.ffn_act)
     with make_tracker(cfg.logger, out_dir, f"profile-{out_dir.name}", dataclasses.asdict(cfg)) as tracker:
-        rep = profile_corpus(model, corpus, cfg.sparsity, out_dir)
+        pc = cfg.sparsity
+        if cfg.smoke:  # tests and CI: a few thousand tokens (added by the sweep/experiments helper)
+            pc = dataclasses.replace(pc, max_tokens=4096, calibration_tokens=4096, eval_tokens=4096)
+        rep = profile_corpus(model, corpus, pc, out_dir)
         print(format_table(rep.rows))
         t = rep.totals
         line = f"\n[{t['mode']}] {t['tokens']} tokens: mean sparsity {t['sparsity']:.3f}"

@@ -1,0 +1,170 @@
+"""From a model, a budget and configs to a running hybrid engine: the layout stage of the pipeline.
+
+    devices (HardwareConfig) -> budget plan (pijax.index.plan_budget, n_accel devices)
+      -> activation statistics (given, or profiled now on the corpus' training split)
+      -> gpuidx (pijax.index.get_or_build_index: reused when valid, else rebuilt)
+      -> row capacities (pijax.layout.capacity) -> HybridLlama -> HybridEngine
+      -> resident accelerator bytes measured and checked against the budget (BudgetError when over)
+
+`setup_devices` must run before anything else touches jax when virtual CPU devices are wanted, so callers that
+load the model themselves call it first (as `task=generate` does) and pass the Placement in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from pijax.errors import ConfigError
+from pijax.index import BudgetPlan, GpuIndex, IndexConfig, get_or_build_index, hot_share, plan_budget
+from pijax.layout.capacity import Capacities, calibrate_capacities
+from pijax.layout.config import HardwareConfig
+from pijax.layout.devices import Placement, setup_devices
+from pijax.layout.memory import ResidentReport
+from pijax.model.hybrid import HybridEngine, build_hybrid
+from pijax.model.hybrid_ffn import HotMode, MaskSource
+
+log = logging.getLogger("pijax.layout")
+
+# Measured winners per accelerator platform (experiments/hybrid/README.md, "hot part: masked or gather" and
+# "overlap"); HardwareConfig's "auto" settings read these.
+# gather won on an H100 (203 vs 290 us for a 4096 x 11008 layer, half hot, 10% active) and on the 2-core dev CPU
+# (4.0 vs 49 ms); on a 16-core Xeon masked was 14% faster, so "masked" is worth setting there by hand. Overlap has
+# no measured win yet (see the README), so it stays off.
+AUTO_HOT_MODE: dict[str, HotMode] = {"cpu": "gather", "gpu": "gather"}
+AUTO_OVERLAP: dict[str, bool] = {"cpu": False, "gpu": False}
+
+
+def resolve_hot_mode(hw: HardwareConfig, placement: Placement) -> HotMode:
+    return AUTO_HOT_MODE.get(placement.platform, "gather") if hw.hot_mode == "auto" else hw.hot_mode
+
+
+def resolve_overlap(hw: HardwareConfig, placement: Placement) -> bool:
+    return AUTO_OVERLAP.get(placement.platform, False) if hw.overlap is None else bool(hw.overlap)
+
+
+@dataclasses.dataclass
+class HybridSetup:
+    engine: HybridEngine
+    placement: Placement
+    plan: BudgetPlan
+    index: GpuIndex
+    index_path: Path | None
+    index_reason: str
+    capacities: Capacities | None
+    report: ResidentReport
+    hot_share: float  # share of the profiled activations that fall on hot neurons
+
+    def summary(self) -> str:
+        h = self.engine.hybrid
+        lines = [
+            f"placement: {self.placement.describe()}",
+            f"gpuidx: {self.index_path} ({self.index_reason})",
+            f"hot neurons per layer: {h.n_hot} of {h.cfg.n_ff} ({100 * h.hot_fraction:.1f}%), "
+            f"hot share of profiled activations {100 * self.hot_share:.1f}%",
+            f"mask source {h.source}, hot part {h.hot_mode}, overlap {'on' if h.overlap else 'off'}",
+        ]
+        if self.capacities is not None:
+            lines.append(f"capacities: hot per shard {self.capacities.hot_per_shard}, cold {self.capacities.cold}")
+        lines.append("resident accelerator bytes:\n" + self.report.summary())
+        return "\n".join(lines)
+
+
+def profile_windows(
+    model: Any, corpus_path: str | os.PathLike[str] | None, seq_len: int, max_tokens: int
+) -> np.ndarray:
+    """Token windows from the corpus' training split (the held-out 10% stays unseen)."""
+    from pijax.corpus import load_corpus, token_windows
+
+    train, _ = load_corpus(corpus_path or None).split(0.1)
+    return token_windows(model.tokenizer, train.docs, seq_len, max_tokens=max_tokens)
+
+
+def prepare_hybrid(
+    model: Any,
+    budget: int | str,
+    *,
+    index_cfg: IndexConfig | None = None,
+    hardware: HardwareConfig | None = None,
+    placement: Placement | None = None,
+    source: MaskSource = "predictor",
+    pred_threshold: float | None = None,
+    stats: Any = None,
+    corpus_path: str | os.PathLike[str] | None = None,
+    profile_tokens: int = 32_768,
+    seq_len: int = 128,
+    n_ctx: int | None = None,
+    capacity_quantile: float | None = 1.0,
+) -> HybridSetup:
+    """Build a budget-checked hybrid engine for `model` (a pijax Model loaded from a GGUF file).
+
+    stats: ActivationStats (or anything with `.counts`); None profiles the model now. capacity_quantile: see
+    pijax.layout.capacity (None: no caps, every predicted-active row computed). Raises BudgetError when the
+    dense part does not fit (unless index_cfg.allow_all_cold) or the measured resident bytes exceed the budget."""
+    hw = hardware or HardwareConfig()
+    index_cfg = index_cfg or IndexConfig()
+    if index_cfg.disable:
+        raise ConfigError("index.disable=true means no FFN split: use the dense engine")
+    placement = placement or setup_devices(hw)
+    cfg = model.config
+    if cfg.ffn_act == "silu":
+        raise ConfigError("hybrid execution needs a ReLU-family model (ffn_act relu or drelu), as PowerInfer does")
+    ckpt = model.checkpoint
+    preds = ckpt.weights.predictors if source == "predictor" else None
+    if source == "predictor" and preds is None:
+        raise ConfigError("mask source 'predictor' needs a model file with predictors (blk.N.fc1/fc2)", ckpt.gguf.path)
+    ranks = None if preds is None else [p.rank for p in preds]
+    n_ctx = cfg.n_ctx if n_ctx is None else min(int(n_ctx), cfg.n_ctx)
+    plan = plan_budget(
+        cfg,
+        budget,
+        weight_dtype=np.dtype(model.module.dtype).name,
+        n_ctx=n_ctx,
+        predictor_ranks=ranks,
+        n_devices=placement.n_accel,
+        rounding="powerinfer" if index_cfg.powerinfer_compat else "exact",
+        allow_all_cold=index_cfg.allow_all_cold,
+    )
+    windows = None
+    if stats is None or (capacity_quantile is not None and source == "predictor"):
+        windows = profile_windows(model, corpus_path, seq_len, profile_tokens)
+    if stats is None:
+        from pijax.sparsity.profile import profile
+
+        with jax.default_device(placement.host):
+            stats = profile(model, windows, mode="relu", progress=False)
+    index, path, reason = get_or_build_index(ckpt.gguf, cfg, stats, plan, index_cfg, predictor_ranks=ranks)
+    log.info("gpuidx %s: %s", path, reason)
+    caps = None
+    if capacity_quantile is not None and source == "predictor":
+        with jax.default_device(placement.host):
+            caps = calibrate_capacities(
+                model,
+                index.buckets,
+                placement.n_accel,
+                windows,
+                pred_threshold=pred_threshold,
+                quantile=capacity_quantile,
+            )
+    hybrid = build_hybrid(
+        model,
+        index,
+        placement,
+        source=source,
+        pred_threshold=pred_threshold,
+        hot_mode=resolve_hot_mode(hw, placement),
+        overlap=resolve_overlap(hw, placement),
+        hot_capacities=None if caps is None else caps.hot_per_shard,
+        cold_capacities=None if caps is None else caps.cold,
+    )
+    engine = HybridEngine(hybrid, n_ctx=n_ctx)
+    report = engine.resident_report(plan.budget_bytes).check()
+    counts = np.asarray(getattr(stats, "counts", stats), np.float64)
+    share = float(np.nansum(hot_share(index.buckets, counts) * counts.sum(1)) / max(counts.sum(), 1.0))
+    return HybridSetup(engine, placement, plan, index, path, reason, caps, report, share)

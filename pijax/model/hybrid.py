@@ -1,0 +1,514 @@
+"""Hybrid hot/cold execution: a LLaMA split over an accelerator mesh and the host, and its decode engine.
+
+`build_hybrid(model, buckets, placement, ...) -> HybridLlama` places, as PowerInfer does: the token embedding on
+the host; attention, norms, predictors and the output head on the accelerators (replicated over the mesh); each
+layer's hot FFN rows packed in bucket order and sharded over the mesh; its cold rows packed on the host.
+
+`HybridEngine(hybrid)` runs it. A decode step is a chain of jitted calls, cut only where the host must work:
+- host: the embedding row of the new token;
+- accelerators, one call per *stage*: the cold output of the previous split layer added in, every all-hot layer
+  in full, then the next split (or all-cold) layer's attention, its predictor, its hot part, and the choice of
+  cold rows; the last stage ends with the output head and sampling (so only a token id leaves the mesh);
+- host, one call per split layer: the selected cold rows.
+So a model with s split layers takes s + 1 accelerator calls and s + 1 host calls per token; an all-hot model
+takes one of each. With `overlap`, a split layer's hot part becomes its own accelerator call, dispatched after
+the host call, so the accelerators compute it while the host computes the cold part (one more call per split
+layer; worth it only where the hot part costs more than a call, see experiments/hybrid/README.md).
+Every call is dispatched asynchronously; nothing waits for a result until a token id is read, one step behind.
+
+The engine reuses the dense `Engine`'s token loop, sampling and seeding, so for a seed the two give the same
+tokens whenever their logits agree. Dimension legend: see `pijax.model.layers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pijax.config import ModelConfig
+from pijax.errors import ConfigError, DataError
+from pijax.io.weights import LayerWeights, PredictorWeights
+from pijax.layout.devices import Placement, to_local, to_mesh
+from pijax.layout.memory import ResidentReport, resident_report
+from pijax.layout.pack import PackedLayer, pack_layer
+from pijax.model.generate import Engine, SamplingConfig, bucket, sample_logits
+from pijax.model.hybrid_ffn import ColdFFN, HotMode, HybridFFN, MaskSource
+from pijax.model.layers import KVCache, RMSNorm, init_cache, rope_angles
+from pijax.model.llama import Block, Llama
+from pijax.model.predictor import Predictor
+
+
+def place(module: nnx.Module, sharding: Any) -> nnx.Module:
+    """Move every array of `module` to `sharding`, in place."""
+    state = nnx.state(module)
+    nnx.update(module, jax.tree.map(lambda a: to_mesh(np.asarray(a), sharding), state))
+    return module
+
+
+class Head(nnx.Module):
+    """Output norm and output matrix [V, D] (a copy of the embedding table when the model ties them)."""
+
+    def __init__(self, cfg: ModelConfig, norm_w: np.ndarray, w_out_vd: np.ndarray, *, dtype: Any = jnp.float32):
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps, norm_w, dtype=dtype)
+        self.w_out_vd = nnx.Param(jnp.asarray(w_out_vd, dtype=dtype))
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        return jnp.einsum("btd,vd->btv", self.norm(x_btd), self.w_out_vd[...])
+
+
+class Stage(nnx.Module):
+    """The layers one accelerator call runs (see the module docstring); `head` only in the last stage."""
+
+    def __init__(self, blocks: list[Block], head: Head | None):
+        self.blocks = nnx.List(blocks)
+        self.head = head
+
+
+@dataclasses.dataclass
+class HybridLlama:
+    """A LLaMA placed for hybrid execution (see `build_hybrid`)."""
+
+    cfg: ModelConfig
+    placement: Placement
+    embed_vd: jax.Array  # on the host
+    blocks: list[Block]  # accelerators; block.ffn is a HybridFFN
+    colds: list[ColdFFN | None]  # host; None for an all-hot layer
+    head: Head
+    n_hot: list[int]
+    source: MaskSource
+    hot_mode: HotMode
+    overlap: bool
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hot_fraction(self) -> float:
+        return sum(self.n_hot) / (self.cfg.n_ff * self.n_layer)
+
+    def parts(self, cache: KVCache | None = None) -> dict[str, Any]:
+        """Named pytrees of every array the model holds (and the KV cache, if given), for accounting."""
+        ffns = [b.ffn for b in self.blocks]
+        out = {
+            "attention + norms": [
+                (nnx.state(b.attn), nnx.state(b.attn_norm), nnx.state(b.ffn_norm)) for b in self.blocks
+            ],
+            "predictors": [nnx.state(f.predictor) for f in ffns if f.predictor is not None],
+            "hot FFN rows": [
+                (f.hot.w_up_kd[...], f.hot.w_down_kd[...], None if f.hot.w_gate_kd is None else f.hot.w_gate_kd[...])
+                for f in ffns
+                if f.hot is not None
+            ],
+            "hot ids (buckets)": [f.hot.ids_k[...] for f in ffns if f.hot is not None],
+            "cold ids": [f.cold_ids[...] for f in ffns if f.cold_ids is not None],
+            "output head": nnx.state(self.head),
+            "cold FFN rows (host)": [nnx.state(c) for c in self.colds if c is not None],
+            "token embedding (host)": self.embed_vd,
+        }
+        if cache is not None:
+            out["kv cache"] = cache
+        return out
+
+    def resident_report(self, budget_bytes: int | None = None, cache: KVCache | None = None) -> ResidentReport:
+        p = self.placement
+        return resident_report(self.parts(cache), p.local_accelerators, p.host, budget_bytes, p.n_accel)
+
+
+def _np(var: nnx.Variable | None) -> np.ndarray | None:
+    return None if var is None else np.asarray(var[...])
+
+
+def _layer_weights(block: Any) -> LayerWeights:
+    ffn = block.ffn
+    return LayerWeights(
+        attn_norm=_np(block.attn_norm.weight),
+        wq=_np(block.attn.w_q_nd),
+        wk=_np(block.attn.w_k_nd),
+        wv=_np(block.attn.w_v_nd),
+        wo=_np(block.attn.w_o_dn),
+        ffn_norm=_np(block.ffn_norm.weight),
+        up=_np(ffn.w_up_fd),
+        gate=_np(ffn.w_gate_fd),
+        down_t=_np(ffn.w_down_fd),
+    )
+
+
+def _per_layer(value: Any, n_layer: int, what: str) -> list[Any]:
+    if value is None or np.isscalar(value):
+        return [value] * n_layer
+    values = list(value)
+    if len(values) != n_layer:
+        raise DataError(f"{what} are given for {len(values)} layers, the model has {n_layer}")
+    return values
+
+
+def build_hybrid(
+    model: Any,
+    buckets: Sequence[np.ndarray] | Any,
+    placement: Placement,
+    *,
+    source: MaskSource = "predictor",
+    predictors: Sequence[PredictorWeights | Predictor] | None = None,
+    pred_threshold: float | Sequence[float] | None = None,
+    hot_mode: HotMode = "gather",
+    overlap: bool = False,
+    hot_capacities: Sequence[int | None] | int | None = None,
+    cold_capacities: Sequence[int | None] | int | None = None,
+    max_gather_rows: int | None = None,
+) -> HybridLlama:
+    """Place a Model (or bare Llama) for hybrid execution following per-layer hot ids (a GpuIndex or a list).
+
+    Weights are read from the module (so a swapped or fine-tuned FFN is what gets split); the module itself is
+    left untouched. predictors default to the checkpoint's and pred_threshold to its sparse_threshold.
+    hot_capacities: per-accelerator row cap for the "gather" hot mode; cold_capacities: cold rows gathered per
+    token; None means no cap (every predicted-active row is computed). max_gather_rows: see
+    pijax.model.hybrid_ffn (None: half of each block's rows)."""
+    llama: Llama = getattr(model, "module", model)
+    cfg = llama.cfg
+    buckets = list(getattr(buckets, "buckets", buckets))
+    if len(buckets) != cfg.n_layer:
+        raise DataError(f"the index has {len(buckets)} layers, the model has {cfg.n_layer}")
+    ckpt = getattr(model, "checkpoint", None)
+    if source == "predictor":
+        if predictors is None:
+            predictors = None if ckpt is None else ckpt.weights.predictors
+        if predictors is None:
+            raise ConfigError("mask source 'predictor' needs predictors (the model file has none)")
+        if pred_threshold is None:
+            pred_threshold = 0.0 if ckpt is None else float(ckpt.weights.sparse_threshold)
+    preds = _per_layer(predictors, cfg.n_layer, "predictors") if predictors is not None else [None] * cfg.n_layer
+    thresholds = _per_layer(0.0 if pred_threshold is None else pred_threshold, cfg.n_layer, "predictor thresholds")
+    hot_caps = _per_layer(hot_capacities, cfg.n_layer, "hot capacities")
+    cold_caps = _per_layer(cold_capacities, cfg.n_layer, "cold capacities")
+    dtype = llama.dtype
+    repl, host = placement.replicated, placement.host  # arrays built on the host device, then moved
+
+    blocks, colds, n_hot = [], [], []
+    stub_cfg = cfg.replace(n_ff=1)
+    for i, src_block in enumerate(llama.layers):
+        lw = _layer_weights(src_block)
+        packed: PackedLayer = pack_layer(lw.up, lw.gate, lw.down_t, buckets[i], layer=i)
+        stub = dataclasses.replace(
+            lw,
+            up=np.zeros((1, cfg.n_embd)),
+            gate=None if lw.gate is None else np.zeros((1, cfg.n_embd)),
+            down_t=np.zeros((1, cfg.n_embd)),
+        )
+        with jax.default_device(host):
+            block = Block(stub_cfg, stub, rngs=nnx.Rngs(0), dtype=dtype)
+            pred = None
+            if source == "predictor":
+                p = preds[i]
+                pred = p if isinstance(p, Predictor) else Predictor.from_weights(p, dtype=dtype)
+                pred = place(nnx.clone(pred), repl)
+        for sub in (block.attn, block.attn_norm, block.ffn_norm):
+            place(sub, repl)
+        block.ffn = HybridFFN(
+            cfg,
+            packed,
+            placement,
+            source=source,
+            predictor=pred,
+            pred_threshold=float(thresholds[i]),
+            hot_mode=hot_mode,
+            hot_capacity=hot_caps[i],
+            cold_capacity=cold_caps[i],
+            max_gather_rows=max_gather_rows,
+            dtype=dtype,
+        )
+        blocks.append(block)
+        colds.append(
+            None
+            if packed.n_cold == 0
+            else ColdFFN(
+                packed,
+                placement.on_host,
+                kind=cfg.ffn_act,
+                source=source,
+                capacity=cold_caps[i],
+                max_gather_rows=max_gather_rows,
+                dtype=dtype,
+            )
+        )
+        n_hot.append(packed.n_hot)
+
+    table = np.asarray(llama.token_embd_vd[...])
+    w_out = table if llama.w_out_vd is None else np.asarray(llama.w_out_vd[...])
+    with jax.default_device(host):
+        head = Head(cfg, np.asarray(llama.output_norm.weight[...]), w_out, dtype=dtype)
+    place(head, repl)
+    return HybridLlama(
+        cfg=cfg,
+        placement=placement,
+        embed_vd=jax.device_put(table, placement.on_host),
+        blocks=blocks,
+        colds=colds,
+        head=head,
+        n_hot=n_hot,
+        source=source,
+        hot_mode=hot_mode,
+        overlap=overlap,
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Static:
+    """What a jitted call needs besides arrays: the module's structure and the model's RoPE settings. Hashable, so
+    stages (and cold blocks) of the same structure and shapes share one compiled program.
+
+    jit hashes its static arguments on every call, and hashing an nnx GraphDef costs ~0.2 ms (measured): several
+    per decode step. So the hash is computed once, and equal instances are made one object (`_split`), which
+    makes the equality check of a cache hit an identity check."""
+
+    graphdef: Any
+    treedef: Any
+    rope_dim: int
+    rope_base: float
+    overlap: bool
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.graphdef, self.treedef, self.rope_dim, self.rope_base, self.overlap)
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(self._key())
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, _Static) and self._hash == other._hash and self._key() == other._key()
+        )
+
+    def merge(self, leaves: tuple[jax.Array, ...]) -> Any:
+        return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, list(leaves)))
+
+    def angles(self, b: int, t: int, pos: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+        positions = jnp.broadcast_to(jnp.arange(t) + pos, (b, t))
+        return rope_angles(positions, self.rope_dim, self.rope_base)
+
+
+_CANONICAL: dict[_Static, _Static] = {}
+
+
+def _split(module: nnx.Module, cfg: ModelConfig, overlap: bool) -> tuple[_Static, tuple[jax.Array, ...]]:
+    gd, state = nnx.split(module)
+    leaves, treedef = jax.tree.flatten(state)
+    st = _Static(gd, treedef, cfg.rope_dim, cfg.rope_base, overlap)
+    return _CANONICAL.setdefault(st, st), tuple(leaves)
+
+
+def _run_blocks(blocks: Sequence[Block], x, cos, sin, cache, pos):
+    new = None if cache is None else []
+    for i, blk in enumerate(blocks):
+        x, c = blk(x, cos, sin, None if cache is None else cache[i], pos)
+        if new is not None:
+            new.append(c)
+    return x, new
+
+
+# The pure functions of the calls (see the module docstring). `cache` is donated: updated in place.
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _mid_call(st: _Static, leaves, cache, x, cold_in, pos):
+    stage = st.merge(leaves)
+    x = x + cold_in.reshape(x.shape)
+    b, t, _ = x.shape
+    cos, sin = st.angles(b, t, pos)
+    blocks = list(stage.blocks)
+    x, new = _run_blocks(blocks[:-1], x, cos, sin, None if cache is None else cache[:-1], pos)
+    last = blocks[-1]
+    h, c = last.attend(x, cos, sin, None if cache is None else cache[-1], pos)
+    if new is not None:
+        new.append(c)
+    hn = last.ffn_norm(h)
+    logits = last.ffn.logits(h)
+    to_host = last.ffn.pack_for_host(hn, logits)
+    if st.overlap:
+        return h, hn, logits, to_host, new
+    return h + last.ffn.hot_out(hn, logits), to_host, new
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _hot_call(st: _Static, leaves, h, hn, logits):
+    return h + st.merge(leaves).hot_out(hn, logits)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _cold_call(st: _Static, leaves, packed_nw):
+    return st.merge(leaves).run_packed(packed_nw)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(4,))
+def _final_call(
+    st: _Static, variant: str, sampling: SamplingConfig | None, leaves, cache, x, cold_in, pos, n_valid, key
+):
+    stage = st.merge(leaves)
+    x = x + cold_in.reshape(x.shape)
+    b, t, _ = x.shape
+    cos, sin = st.angles(b, t, pos)
+    x, new = _run_blocks(list(stage.blocks), x, cos, sin, cache, pos)
+    if variant == "forward":
+        return stage.head(x)
+    if variant == "prefill":
+        logits = stage.head(jax.lax.dynamic_slice_in_dim(x, n_valid - 1, 1, axis=1))[:, 0]
+        return sample_logits(logits, jax.random.fold_in(key, n_valid), sampling), logits, new
+    logits = stage.head(x)[:, 0]
+    return sample_logits(logits, jax.random.fold_in(key, pos + 1), sampling), logits, new, pos + 1
+
+
+@jax.jit
+def _embed_call(table_vd, tok_bt):
+    return jnp.take(table_vd, tok_bt, axis=0)
+
+
+class HybridEngine(Engine):
+    """Prefill, decode step and full forward of a HybridLlama; `generate` is the dense Engine's token loop.
+
+    n_ctx: the longest sequence served (the KV cache the budget was planned for; at most the model's)."""
+
+    def __init__(self, hybrid: HybridLlama, n_ctx: int | None = None):
+        cfg = hybrid.cfg
+        n_ctx = cfg.n_ctx if n_ctx is None else min(int(n_ctx), cfg.n_ctx)
+        self.hybrid = hybrid
+        self.cfg = cfg.replace(n_ctx=n_ctx)
+        self.dtype = hybrid.blocks[0].attn.w_q_nd[...].dtype
+        self.placement = hybrid.placement
+        self.leaves = ()  # the base class passes these to the step; every weight lives in the stages here
+        self._compiled: dict[Any, Any] = {}
+        split = [i for i, c in enumerate(hybrid.colds) if c is not None]
+        bounds, start = [], 0
+        for i in split:
+            bounds.append((start, i + 1))
+            start = i + 1
+        bounds.append((start, cfg.n_layer))
+        self.bounds = bounds  # stage s runs layers [lo, hi); every stage but the last ends with a split layer
+        ov = hybrid.overlap
+        self.stages = [
+            _split(Stage(hybrid.blocks[lo:hi], hybrid.head if s == len(bounds) - 1 else None), cfg, ov)
+            for s, (lo, hi) in enumerate(bounds)
+        ]
+        self.colds = {i: _split(hybrid.colds[i], cfg, ov) for i in split}
+        self.hots = {i: _split(hybrid.blocks[i].ffn, cfg, ov) for i in split if hybrid.n_hot[i] > 0}
+        self._zeros: dict[tuple[int, int], jax.Array] = {}
+        self._caches: dict[tuple[int, int], Any] = {}
+        self._key: tuple[Any, Any] = (None, None)  # (the caller's key, its replicated copy)
+
+    def _zero_input(self, b: int, t: int) -> jax.Array:
+        """The first stage's 'cold output of the previous layer': zeros, so that it compiles like the others."""
+        if (b, t) not in self._zeros:
+            z = np.zeros((b * t, self.cfg.n_embd), np.dtype(self.dtype))
+            self._zeros[(b, t)] = to_mesh(z, self.placement.replicated)
+        return self._zeros[(b, t)]
+
+    # ---- one pass through the stages -------------------------------------------------------------------------
+    def _pass(self, variant: str, x, cache, pos, n_valid=None, key=None, sampling=None):
+        """Run every stage on x (replicated on the accelerators); returns the final call's outputs, with the
+        per-stage caches joined into one list."""
+        repl, on_host = self.placement.replicated, self.placement.on_host
+        cold, caches = self._zero_input(x.shape[0], x.shape[1]), []
+        for s, (lo, hi) in enumerate(self.bounds):
+            st, leaves = self.stages[s]
+            cs = None if cache is None else cache[lo:hi]
+            if s == len(self.bounds) - 1:
+                out = _final_call(st, variant, sampling, leaves, cs, x, cold, pos, n_valid, key)
+                if variant == "forward":
+                    return to_local(out)
+                caches.extend(out[2])
+                return (*to_local(out[:2]), caches, *out[3:])
+            layer = hi - 1
+            if st.overlap:
+                h, hn, logits, to_host, cs = _mid_call(st, leaves, cs, x, cold, pos)
+                y = _cold_call(*self.colds[layer], jax.device_put(to_local(to_host), on_host))
+                x = _hot_call(*self.hots[layer], h, hn, logits) if layer in self.hots else h
+            else:
+                x, to_host, cs = _mid_call(st, leaves, cs, x, cold, pos)
+                y = _cold_call(*self.colds[layer], jax.device_put(to_local(to_host), on_host))
+            cold = to_mesh(y, repl)
+            if cs is not None:
+                caches.extend(cs)
+        raise AssertionError("unreachable")
+
+    def _embed_tokens(self, tokens_bt: Any) -> jax.Array:
+        tok = jax.device_put(to_local(tokens_bt), self.placement.on_host)
+        return to_mesh(_embed_call(self.hybrid.embed_vd, tok), self.placement.replicated)
+
+    def new_cache(self, batch: int, n_cache: int) -> KVCache:
+        """An all-zero KV cache, replicated over the accelerators."""
+        key = (batch, n_cache)
+        if key not in self._caches:
+            self._caches[key] = jax.jit(
+                lambda: init_cache(self.cfg, batch, n_cache, self.dtype), out_shardings=self.placement.replicated
+            )
+        return self._caches[key]()
+
+    # ---- the Engine interface ---------------------------------------------------------------------------------
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Full-sequence causal forward (no cache) of one sequence: logits [T, V] float32."""
+        arr = self.check_ids(ids)
+        t = arr.size
+        padded = np.zeros((1, min(bucket(t), self.cfg.n_ctx)), np.int32)
+        padded[0, :t] = arr
+        pos = to_mesh(np.zeros((), np.int32), self.placement.replicated)
+        out = self._pass("forward", self._embed_tokens(padded), None, pos)
+        return np.asarray(out[0, :t], dtype=np.float32)
+
+    def prefill(
+        self, ids: Sequence[int], n_cache: int, sampling: SamplingConfig, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array, KVCache]:
+        arr = self.check_ids(ids)
+        t = arr.size
+        t_pad = min(bucket(t), n_cache)
+        if t_pad < t:
+            raise DataError(f"{t} prompt tokens do not fit a cache of {n_cache} positions")
+        padded = np.zeros((1, t_pad), np.int32)
+        padded[0, :t] = arr
+        repl = self.placement.replicated
+        pos, n_valid = to_mesh((np.zeros((), np.int32), np.asarray(t, np.int32)), repl)
+        key = to_mesh(key, repl)
+        return self._pass(
+            "prefill", self._embed_tokens(padded), self.new_cache(1, n_cache), pos, n_valid, key, sampling
+        )
+
+    def _step(
+        self, sampling: SamplingConfig, leaves: Any, cache: KVCache, token_b: jax.Array, pos: jax.Array, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array, KVCache, jax.Array]:
+        del leaves
+        repl = self.placement.replicated
+        # The caller's first position and its key live on the default device; move them once, not every step.
+        if pos.sharding != repl:
+            pos = to_mesh(pos, repl)
+        if key.sharding != repl:
+            if self._key[0] is not key:
+                self._key = (key, to_mesh(key, repl))
+            key = self._key[1]
+        return self._pass("decode", self._embed_tokens(token_b[:, None]), cache, pos, None, key, sampling)
+
+    def decode_step(
+        self, cache: KVCache, token_b: jax.Array, pos: int, sampling: SamplingConfig, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array, KVCache]:
+        """One token per sequence at position `pos`; `cache` is donated (do not reuse it)."""
+        tok, logits, cache, _ = self._step(sampling, (), cache, token_b, jnp.asarray(pos, jnp.int32), key)
+        return tok, logits, cache
+
+    def _warm(self, arr: np.ndarray, n_cache: int, sampling: SamplingConfig, key: jax.Array) -> Any:
+        """Compile every call for these shapes by running one prefill and one decode step on a scratch cache."""
+        cur, _, cache = self.prefill(arr, n_cache, sampling, key)
+        jax.block_until_ready(self._step(sampling, (), cache, cur, jnp.asarray(arr.size, jnp.int32), key))
+        return functools.partial(self._step, sampling)
+
+    def resident_report(self, budget_bytes: int | None = None, n_cache: int | None = None) -> ResidentReport:
+        """Accelerator bytes of the weights plus a KV cache of n_cache positions (default: n_ctx)."""
+        cache = self.new_cache(1, n_cache or self.cfg.n_ctx)
+        try:
+            return self.hybrid.resident_report(budget_bytes, cache)
+        finally:
+            jax.tree.map(lambda a: a.delete(), cache)

@@ -1,0 +1,349 @@
+"""The hybrid FFN: hot rows on the accelerator mesh, cold rows on the host, both computed sparsely, then added.
+
+Three modules, one per place the work happens:
+- `HybridFFN` (accelerators, replicated): the layer's predictor, the selection of the cold rows to compute (so only
+  row ids cross to the host, never the predictor's logits), and its `HotFFN`.
+- `HotFFN` (accelerators, sharded): the hot rows packed in bucket order, split along the neuron axis over the
+  mesh. Inside a `shard_map` each accelerator computes the down-projection sum over its own predicted-active rows;
+  a `psum` adds the partials. Mode "masked": every local hot row is computed and the inactive ones are zeroed
+  (dense work, no gather). Mode "gather": the `capacity` top-scoring predicted-active local rows are gathered and
+  only those computed. Which is faster depends on the device kind (experiments/hybrid/README.md).
+- `ColdFFN` (host): the cold rows; per token it gathers the selected rows (at most the cold capacity) and computes
+  only those.
+A block gathers only while tokens x capacity <= its `max_gather_rows` (default: half its rows, the crossover
+pijax.model.sparse_ffn measured); past that (prefill, or an uncapped block) it computes the masked dense product
+with the same selection.
+
+Mask sources: "predictor" (logit >= threshold, score = logit: PowerInfer's path), "oracle" (the true activity
+act != 0 of ReLU-family models, each side computing its own rows' act; for exactness tests) and "dense" (every
+row; the plain split of the dense FFN). Hot and cold sets are disjoint, so the two outputs add up to the FFN's.
+Row selection and the gathered products are pijax.model.sparse_ffn's. Dimension legend: see
+`pijax.model.layers`; here N = tokens (B*T), K = rows of a block (a hot shard or the cold block).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from pijax.config import FfnActivation, ModelConfig
+from pijax.errors import ConfigError
+from pijax.layout.devices import Placement, to_mesh
+from pijax.layout.pack import PackedLayer, pad_ids, pad_rows
+from pijax.model.ffn import down_project, ffn_activation
+from pijax.model.predictor import Predictor
+from pijax.model.sparse_ffn import gathered_ffn, select_rows, selection_mask, union_rows
+
+MaskSource = Literal["predictor", "oracle", "dense"]
+MASK_SOURCES: tuple[str, ...] = ("predictor", "oracle", "dense")
+HotMode = Literal["masked", "gather"]
+
+Request = dict[str, jax.Array]
+"""What the accelerator tells the host about a cold block: {"idx", "valid"} (gather) or {"keep"} (masked) for
+the predictor source; empty for oracle and dense, where the host decides from its own rows."""
+
+
+class RowIds(nnx.Variable):
+    """Integer neuron ids (not trainable): the hot bucket, the cold id list."""
+
+
+def _act(h_nd: jax.Array, up_kd: jax.Array, gate_kd: jax.Array | None, kind: FfnActivation) -> jax.Array:
+    up = jnp.einsum("nd,kd->nk", h_nd, up_kd)
+    gate = None if gate_kd is None else jnp.einsum("nd,kd->nk", h_nd, gate_kd)
+    return ffn_activation(gate, up, kind)
+
+
+def _masked_down(act_nk: jax.Array, keep_nk: jax.Array | None, down_kd: jax.Array) -> jax.Array:
+    act = act_nk if keep_nk is None else jnp.where(keep_nk, act_nk, 0.0)
+    return down_project(act[None], down_kd)[0]
+
+
+def gathers(n_tokens: int, capacity: int, n_rows: int, max_gather_rows: int | None) -> bool:
+    """Whether a block of n_rows rows gathers its selected rows for n_tokens tokens (else masked dense)."""
+    limit = n_rows // 2 if max_gather_rows is None else max_gather_rows
+    return n_tokens * min(capacity, n_rows) <= limit
+
+
+def select(score_nk: jax.Array, active_nk: jax.Array, capacity: int, gather: bool) -> Request:
+    """The rows a block computes: the `capacity` top-scoring active ones (all active ones when capacity >= K)."""
+    k = score_nk.shape[1]
+    if gather:
+        idx, valid = select_rows(score_nk, active_nk, min(capacity, k))
+        return {"idx": idx, "valid": valid}
+    if capacity >= k:
+        return {"keep": active_nk}
+    return {"keep": selection_mask(*select_rows(score_nk, active_nk, capacity), k)}
+
+
+def compute_selected(
+    h_nd: jax.Array,
+    req: Request,
+    up_kd: jax.Array,
+    gate_kd: jax.Array | None,
+    down_kd: jax.Array,
+    kind: FfnActivation,
+) -> jax.Array:
+    """A block's contribution [N, D] over the rows a Request names."""
+    if "idx" in req:
+        idx_u, keep_nu = union_rows(req["idx"], req["valid"], up_kd.shape[0])
+        return gathered_ffn(h_nd, idx_u, keep_nu, up_kd, gate_kd, down_kd, kind)
+    return _masked_down(_act(h_nd, up_kd, gate_kd, kind), req["keep"], down_kd)
+
+
+def compute_self_selected(
+    h_nd: jax.Array,
+    up_kd: jax.Array,
+    gate_kd: jax.Array | None,
+    down_kd: jax.Array,
+    kind: FfnActivation,
+    source: MaskSource,
+    capacity: int,
+    gather: bool,
+) -> jax.Array:
+    """A block's contribution when it decides itself: "dense" (every row) or "oracle" (act != 0, by |act|)."""
+    act = _act(h_nd, up_kd, gate_kd, kind)
+    if source == "dense":
+        return _masked_down(act, None, down_kd)
+    req = select(jnp.abs(act), act != 0, capacity, gather)
+    if "idx" in req:
+        idx_u, keep_nu = union_rows(req["idx"], req["valid"], up_kd.shape[0])
+        return gathered_ffn(h_nd, idx_u, keep_nu, up_kd, gate_kd, down_kd, kind, act_nf=act)
+    return _masked_down(act, req["keep"], down_kd)
+
+
+def request_fields(
+    source: MaskSource, n_tokens: int, capacity: int, n_rows: int, max_gather_rows: int | None
+) -> tuple[tuple[str, int], ...]:
+    """The columns a cold Request has for n_tokens tokens: both sides derive it from the same settings."""
+    if source != "predictor" or n_rows == 0:
+        return ()
+    if gathers(n_tokens, capacity, n_rows, max_gather_rows):
+        c = min(capacity, n_rows)
+        return (("idx", c), ("valid", c))
+    return (("keep", n_rows),)
+
+
+def pack_request(hn_btd: jax.Array, req: Request, fields: tuple[tuple[str, int], ...]) -> jax.Array:
+    """hn and the Request as one f32 [N, D + widths] array: one transfer to the host instead of three. Exact: the
+    ids are < 2^24 and the flags 0/1."""
+    n = hn_btd.shape[0] * hn_btd.shape[1]
+    cols = [hn_btd.reshape(n, -1)] + [req[name].astype(hn_btd.dtype) for name, _ in fields]
+    return jnp.concatenate(cols, axis=1)
+
+
+def unpack_request(packed_nw: jax.Array, n_embd: int, fields: tuple[tuple[str, int], ...]) -> tuple[jax.Array, Request]:
+    """Inverse of `pack_request`: (h [N, D], Request)."""
+    req, start = {}, n_embd
+    for name, width in fields:
+        col = packed_nw[:, start : start + width]
+        req[name] = col.astype(jnp.int32) if name == "idx" else col > 0.5
+        start += width
+    return packed_nw[:, :n_embd], req
+
+
+def _on(x: np.ndarray, sharding: Any, dtype: Any) -> jax.Array:
+    # Straight from numpy to the target devices: no stop on the default device.
+    return to_mesh(np.asarray(x, dtype=dtype), sharding)
+
+
+class HotFFN(nnx.Module):
+    """Hot rows [k_pad, D] sharded over the mesh; returns the summed down projection of the active ones."""
+
+    def __init__(
+        self,
+        packed: PackedLayer,
+        placement: Placement,
+        *,
+        kind: FfnActivation,
+        source: MaskSource,
+        threshold: float,
+        mode: HotMode,
+        capacity: int | None,
+        max_gather_rows: int | None,
+        dtype: Any = jnp.float32,
+    ):
+        n = placement.n_accel
+        rows = placement.rows
+        self.w_up_kd = nnx.Param(_on(pad_rows(packed.up_kd, n), rows, dtype))
+        self.w_gate_kd = None if packed.gate_kd is None else nnx.Param(_on(pad_rows(packed.gate_kd, n), rows, dtype))
+        self.w_down_kd = nnx.Param(_on(pad_rows(packed.down_kd, n), rows, dtype))
+        self.ids_k = RowIds(_on(pad_ids(packed.hot_ids, n), rows, np.int32))
+        self.per_shard = int(self.ids_k[...].shape[0]) // n
+        self.capacity = (
+            self.per_shard if capacity is None or mode == "masked" else max(1, min(capacity, self.per_shard))
+        )
+        self.kind: FfnActivation = kind
+        self.source: MaskSource = source
+        self.threshold = float(threshold)
+        self.mode: HotMode = mode
+        self.max_gather_rows = max_gather_rows
+        self.mesh = placement.mesh
+        self.axis = placement.axis
+
+    def __call__(self, hn_btd: jax.Array, logits_nf: jax.Array | None) -> jax.Array:
+        b, t, d = hn_btd.shape
+        n = b * t
+        gather = self.mode == "gather" and gathers(n, self.capacity, self.per_shard, self.max_gather_rows)
+        has_gate = self.w_gate_kd is not None
+        kind, source, thr, cap, axis = self.kind, self.source, self.threshold, self.capacity, self.axis
+
+        def local(h_nd, ids, up, down, *rest):
+            gate = rest[0] if has_gate else None
+            if source == "predictor":
+                logits = rest[-1]
+                score = jnp.take(logits, jnp.maximum(ids, 0), axis=1)
+                active = (score >= thr) & (ids >= 0)[None, :]
+                y = compute_selected(h_nd, select(score, active, cap, gather), up, gate, down, kind)
+            else:
+                y = compute_self_selected(h_nd, up, gate, down, kind, source, cap, gather)
+            return jax.lax.psum(y, axis)
+
+        args = [hn_btd.reshape(n, d), self.ids_k[...], self.w_up_kd[...], self.w_down_kd[...]]
+        specs = [P(), P(axis), P(axis, None), P(axis, None)]
+        if has_gate:
+            args.append(self.w_gate_kd[...])
+            specs.append(P(axis, None))
+        if source == "predictor":
+            args.append(logits_nf)
+            specs.append(P())
+        # check_vma off: the gathered path's scan starts from a fresh zero carry, which the replication checker
+        # would call invariant while the body makes it device-varying; the psum makes the result replicated.
+        y = jax.shard_map(local, mesh=self.mesh, in_specs=tuple(specs), out_specs=P(), check_vma=False)(*args)
+        return y.reshape(b, t, d)
+
+
+class ColdFFN(nnx.Module):
+    """Cold rows [n_cold, D] on the host; computes the rows a Request names (or, oracle/dense, decides itself)."""
+
+    def __init__(
+        self,
+        packed: PackedLayer,
+        host_sharding: Any,
+        *,
+        kind: FfnActivation,
+        source: MaskSource,
+        capacity: int | None,
+        max_gather_rows: int | None,
+        dtype: Any = jnp.float32,
+    ):
+        self.w_up_cd = nnx.Param(_on(packed.up_cd, host_sharding, dtype))
+        self.w_gate_cd = None if packed.gate_cd is None else nnx.Param(_on(packed.gate_cd, host_sharding, dtype))
+        self.w_down_cd = nnx.Param(_on(packed.down_cd, host_sharding, dtype))
+        self.n_cold = packed.n_cold
+        self.capacity = self.n_cold if capacity is None else max(1, min(int(capacity), self.n_cold))
+        self.kind: FfnActivation = kind
+        self.source: MaskSource = source
+        self.max_gather_rows = max_gather_rows
+
+    def fields(self, n_tokens: int) -> tuple[tuple[str, int], ...]:
+        return request_fields(self.source, n_tokens, self.capacity, self.n_cold, self.max_gather_rows)
+
+    def run_packed(self, packed_nw: jax.Array) -> jax.Array:
+        """The cold contribution [N, D] from what `HybridFFN.pack_for_host` sent."""
+        n_embd = self.w_up_cd[...].shape[1]
+        h_nd, req = unpack_request(packed_nw, n_embd, self.fields(packed_nw.shape[0]))
+        return self(h_nd[None], req)[0]
+
+    def __call__(self, hn_btd: jax.Array, req: Request) -> jax.Array:
+        b, t, d = hn_btd.shape
+        n = b * t
+        h = hn_btd.reshape(n, d)
+        gate = None if self.w_gate_cd is None else self.w_gate_cd[...]
+        up, down = self.w_up_cd[...], self.w_down_cd[...]
+        if self.source == "predictor":
+            y = compute_selected(h, req, up, gate, down, self.kind)
+        else:
+            gather = gathers(n, self.capacity, self.n_cold, self.max_gather_rows)
+            y = compute_self_selected(h, up, gate, down, self.kind, self.source, self.capacity, gather)
+        return y.reshape(b, t, d)
+
+
+class HybridFFN(nnx.Module):
+    """The accelerator side of one layer's FFN: predictor, hot rows, and the cold selection sent to the host.
+
+    `__call__(h, ffn_in)` is the whole FFN only for a layer without cold rows (it can then stand in for
+    `block.ffn`); a split or all-cold layer is driven by the hybrid engine: `logits`, `hot_out`, `cold_request`
+    here, then `ColdFFN` on the host."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        packed: PackedLayer,
+        placement: Placement,
+        *,
+        source: MaskSource,
+        predictor: Predictor | None = None,
+        pred_threshold: float = 0.0,
+        hot_mode: HotMode = "gather",
+        hot_capacity: int | None = None,
+        cold_capacity: int | None = None,
+        max_gather_rows: int | None = None,
+        dtype: Any = jnp.float32,
+    ):
+        if source not in MASK_SOURCES:
+            raise ConfigError(f"hybrid FFN mask source {source!r} is not one of {MASK_SOURCES}")
+        if source == "predictor" and predictor is None:
+            raise ConfigError("mask source 'predictor' needs a predictor")
+        if hot_mode not in ("masked", "gather"):
+            raise ConfigError(f"hot_mode must be masked or gather, got {hot_mode!r}")
+        self.kind: FfnActivation = cfg.ffn_act
+        self.source: MaskSource = source
+        self.n_hot, self.n_cold = packed.n_hot, packed.n_cold
+        self.threshold = float(pred_threshold)
+        self.max_gather_rows = max_gather_rows
+        self.cold_capacity = self.n_cold if cold_capacity is None else max(1, min(int(cold_capacity), self.n_cold))
+        self.predictor = predictor if source == "predictor" else None
+        self.hot = (
+            HotFFN(
+                packed,
+                placement,
+                kind=cfg.ffn_act,
+                source=source,
+                threshold=pred_threshold,
+                mode=hot_mode,
+                capacity=hot_capacity,
+                max_gather_rows=max_gather_rows,
+                dtype=dtype,
+            )
+            if packed.n_hot
+            else None
+        )
+        want_ids = packed.n_cold and source == "predictor"
+        self.cold_ids = RowIds(_on(packed.cold_ids, placement.replicated, np.int32)) if want_ids else None
+
+    def logits(self, ffn_in_btd: jax.Array) -> jax.Array | None:
+        """Predictor logits [N, F] (None for the oracle and dense sources)."""
+        if self.predictor is None:
+            return None
+        b, t, _ = ffn_in_btd.shape
+        return self.predictor(ffn_in_btd).reshape(b * t, -1)
+
+    def hot_out(self, hn_btd: jax.Array, logits_nf: jax.Array | None) -> jax.Array:
+        """The hot rows' contribution [B, T, D] (zeros for an all-cold layer)."""
+        if self.hot is None:
+            return jnp.zeros_like(hn_btd)
+        return self.hot(hn_btd, logits_nf)
+
+    def cold_request(self, logits_nf: jax.Array | None, n_tokens: int) -> Request:
+        """Which cold rows the host computes, decided here where the predictor's logits are."""
+        if self.n_cold == 0 or self.source != "predictor":
+            return {}
+        score = jnp.take(logits_nf, self.cold_ids[...], axis=1)
+        gather = gathers(n_tokens, self.cold_capacity, self.n_cold, self.max_gather_rows)
+        return select(score, score >= self.threshold, self.cold_capacity, gather)
+
+    def pack_for_host(self, hn_btd: jax.Array, logits_nf: jax.Array | None) -> jax.Array:
+        """Everything the host needs for this layer's cold part, as one array (see `pack_request`)."""
+        n = hn_btd.shape[0] * hn_btd.shape[1]
+        fields = request_fields(self.source, n, self.cold_capacity, self.n_cold, self.max_gather_rows)
+        return pack_request(hn_btd, self.cold_request(logits_nf, n), fields)
+
+    def __call__(self, hn_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:
+        if self.n_cold:
+            raise ConfigError("this layer has cold rows: its FFN runs split across devices in the hybrid engine")
+        return self.hot_out(hn_btd, self.logits(ffn_in_btd))
