@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pijax.bench.config import SimulateConfig, SweepConfig
+from pijax.bench.decode_config import BenchConfig
 from pijax.config import GenerateConfig, LoggerConfig, ModelSpec
 from pijax.configure import build
 from pijax.index.config import IndexConfig
@@ -33,6 +34,7 @@ class RunConfig:
     hardware: HardwareConfig = HardwareConfig()
     sweep: SweepConfig = SweepConfig()
     simulate: SimulateConfig = SimulateConfig()
+    bench: BenchConfig = BenchConfig()
 
 
 def build_run_config(mapping: Mapping[str, Any]) -> RunConfig:

@@ -180,3 +180,5 @@ def test_bad_token_ids_are_rejected(model: pijax.Model) -> None:
         model.logits([1, model.config.n_vocab])
     with pytest.raises(pijax.PijaxError, match="empty"):
         model.logits([])
+    with pytest.raises(pijax.PijaxError, match="integers"):
+        model.logits([1.0, 2.5])

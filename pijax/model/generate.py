@@ -157,7 +157,13 @@ class Engine:
 
     def check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """ids as int32, or a DataError: empty, outside the vocabulary, or (last axis) longer than the context."""
-        arr = np.asarray(ids, dtype=np.int64)
+        try:
+            arr = np.asarray(ids)
+        except ValueError as err:  # ragged nesting
+            raise DataError(f"token ids are not a regular array: {err}") from None
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(f"token ids must be integers, got {arr.dtype}")
+        arr = arr.astype(np.int64)
         if arr.size == 0:
             raise DataError("the token sequence is empty")
         bad = arr[(arr < 0) | (arr >= self.cfg.n_vocab)]

@@ -20,6 +20,7 @@ TASKS: dict[str, str] = {
     "sweep": "pijax.tasks.sweep",
     "simulate": "pijax.tasks.simulate",
     "gpuidx": "pijax.tasks.gpuidx",
+    "bench": "pijax.tasks.bench",
 }
 
 

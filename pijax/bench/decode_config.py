@@ -1,0 +1,71 @@
+"""BenchConfig: the `bench` settings of task=bench (decode speed against llama.cpp, bounds, scaling, FFN layer).
+
+Kept free of jax imports so that `pijax.run_config` can hold it without starting a backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pijax.errors import ConfigError
+
+BENCH_PARTS = ("llamacpp", "dense", "sparse", "lowp", "sweep", "size", "ffn", "profile")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What `python -m pijax.run +experiment=bench_decode` measures.
+
+    preset / synth_overrides: the SYNTHETIC model (`pijax.bench.synth`); the llama.cpp-loadable f32 and f16 copies
+      are written next to it. parts: which measurements run (see BENCH_PARTS; `ffn` and `size` use the 7B-shaped
+      layer stack `size_preset` with `size_layers` layers).
+    threads: llama.cpp's n_threads and the kernels' thread count (XLA:CPU uses every core it is given).
+    n_prompt / n_new: prompt length (prefill, one batch) and decoded tokens per repeat; `repeats` timed repeats
+      after one warm-up, medians reported with min and max. Sweeps use `sweep_new` tokens per repeat.
+    lowp_formats: low-precision weight formats tried for target 3 (the best is reported).
+    sweep_fractions: predicted-active fractions for the scaling plot, per format in `sweep_formats`.
+    probe_gb: size of the read-bandwidth probe's array; it must exceed the L3 cache (480 MB on this machine).
+    out_dir: results (JSON, CSV, PNG, targets.md); "" means experiments/bench (smoke: the run folder).
+    """
+
+    preset: str = "tinyllama-1.1b"
+    synth_overrides: tuple[tuple[str, object], ...] = ()
+    parts: tuple[str, ...] = BENCH_PARTS
+    threads: int = 2
+    n_prompt: int = 128
+    n_new: int = 128
+    repeats: int = 5
+    lowp_formats: tuple[str, ...] = ("f16", "int8")
+    sweep_fractions: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50, 1.0)
+    sweep_formats: tuple[str, ...] = ("f32", "int8")
+    sweep_new: int = 64
+    size_preset: str = "llama2-7b"
+    size_layers: int = 4
+    ffn_repeats: int = 30
+    probe_gb: float = 1.2
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.parts) - set(BENCH_PARTS))
+        if bad:
+            raise ConfigError(f"bench.parts {bad} are not among {BENCH_PARTS}")
+        if self.repeats < 1 or self.n_new < 2 or self.n_prompt < 1 or self.threads < 1:
+            raise ConfigError("bench needs repeats >= 1, n_new >= 2, n_prompt >= 1, threads >= 1")
+        if any(not 0 < f <= 1 for f in self.sweep_fractions):
+            raise ConfigError(f"bench.sweep_fractions must be in (0, 1], got {self.sweep_fractions}")
+
+    def smoke(self) -> BenchConfig:
+        """A seconds-long run on the tiny preset (tests, CI): no llama.cpp, no 7B-shaped stack."""
+        return dataclasses.replace(
+            self,
+            preset="tiny",
+            parts=tuple(p for p in self.parts if p not in ("llamacpp", "size", "ffn")),
+            n_prompt=8,
+            n_new=4,
+            repeats=1,
+            sweep_new=3,
+            sweep_fractions=(0.1, 1.0),
+            sweep_formats=("f32",),
+            lowp_formats=("int8",),
+            probe_gb=0.05,
+        )

@@ -1,0 +1,233 @@
+"""Turn the decode benchmark's results.json into the targets table (targets.md), CSVs and plots.
+
+A ratio is reported as the ratio of medians, with min = (pijax's slowest run) / (the reference's fastest run) and
+max the other way round: the spread the two sets of runs allow, not a confidence interval.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+GOALS = {
+    "T1 decode": 1.0,
+    "T1 prefill": 0.8,
+    "T2 vs llama.cpp f32": 2.2,
+    "T2 share of bound": 0.75,
+    "T3 vs llama.cpp f16": 2.0,
+    "T4 FFN layer": 6.0,
+}
+COMMAND = "python -m pijax.bench.decode"
+
+
+def _ratio(num: dict[str, float], den: dict[str, float]) -> dict[str, float]:
+    return {"ratio": num["median"] / den["median"], "min": num["min"] / den["max"], "max": num["max"] / den["min"]}
+
+
+def _best(results: dict[str, Any], keys: list[str], field: str = "decode_tok_s") -> tuple[str, dict] | None:
+    have = [(k, results[k]) for k in keys if k in results]
+    if not have:
+        return None
+    return max(have, key=lambda kv: kv[1][field]["median"])
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target: name, ratio, min, max, goal, met, what was compared."""
+    rows: list[dict[str, Any]] = []
+    l32, l16 = results.get("llamacpp_f32"), results.get("llamacpp_f16")
+    dense = _best(results, ["pijax_dense_f32_xla", "pijax_dense_f32_kernel"])
+    if dense and l32:
+        rows.append({"target": "T1 decode", **_ratio(dense[1]["decode_tok_s"], l32["decode_tok_s"]), "what": dense[0]})
+        pre = _best(results, ["pijax_dense_f32_xla", "pijax_dense_f32_kernel"], "prefill_tok_s")
+        rows.append({"target": "T1 prefill", **_ratio(pre[1]["prefill_tok_s"], l32["prefill_tok_s"]), "what": pre[0]})
+    sp = results.get("pijax_sparse_f32")
+    if sp and l32:
+        frac = sp.get("selection", {}).get("selected_fraction", float("nan"))
+        rows.append(
+            {
+                "target": "T2 vs llama.cpp f32",
+                **_ratio(sp["decode_tok_s"], l32["decode_tok_s"]),
+                "what": f"{frac:.1%} selected",
+            }
+        )
+    if sp and "share_of_bound_bound" in sp:
+        s = sp["share_of_bound_bound"]
+        t = sp.get("share_of_touched_bound", {})
+        rows.append(
+            {
+                "target": "T2 share of bound",
+                "ratio": s["median"],
+                "min": s["min"],
+                "max": s["max"],
+                "what": f"bytes: attention+head+predictors+3 rows per selected neuron+KV = {sp['bound_bytes'] / 1e9:.3f} GB;"
+                f" of bytes touched ({sp['touched_bytes'] / 1e9:.3f} GB): {t.get('median', float('nan')):.0%}",
+            }
+        )
+    low = _best(results, [k for k in results if k.startswith("pijax_sparse_") and k != "pijax_sparse_f32"])
+    if low and l16:
+        rows.append(
+            {"target": "T3 vs llama.cpp f16", **_ratio(low[1]["decode_tok_s"], l16["decode_tok_s"]), "what": low[0]}
+        )
+    ffn = results.get("ffn_layer")
+    if ffn:
+        for with_pred in (True, False):
+            cands = [r for r in ffn["speedups"] if r["includes_predictor"] == with_pred]
+            if cands:
+                best = max(cands, key=lambda r: r["ratio"])
+                what = best["what"] + (" (predictor included)" if with_pred else " (FFN alone, given the logits)")
+                rows.append({"target": "T4 FFN layer", **{k: best[k] for k in ("ratio", "min", "max")}, "what": what})
+    for r in rows:
+        r["goal"] = GOALS[r["target"]]
+        r["met"] = r["ratio"] >= r["goal"]
+    return rows
+
+
+def targets_markdown(results: dict[str, Any]) -> str:
+    lines = ["| target | ratio (median) | min | max | goal | met | compared |", "|---|---|---|---|---|---|---|"]
+    for r in targets(results):
+        lines.append(
+            f"| {r['target']} | {r['ratio']:.2f} | {r['min']:.2f} | {r['max']:.2f} | >= {r['goal']} | "
+            f"{'yes' if r['met'] else 'NO'} | {r['what']} |"
+        )
+    if "llamacpp_missing" in results:
+        lines.append(f"\nllama.cpp reference missing: {results['llamacpp_missing']}")
+    return "\n".join(lines) + "\n"
+
+
+def engines_table(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key, r in results.items():
+        if not isinstance(r, dict) or "decode_tok_s" not in r:
+            continue
+        d, p = r["decode_tok_s"], r["prefill_tok_s"]
+        row = {
+            "engine": key,
+            "decode_tok_s": round(d["median"], 3),
+            "decode_min": round(d["min"], 3),
+            "decode_max": round(d["max"], 3),
+            "prefill_tok_s": round(p["median"], 2),
+            "runs": d["n"],
+            "contended": bool(r.get("contended", False)),
+        }
+        if "bound_bytes" in r:
+            row["bound_GB"] = round(r["bound_bytes"] / 1e9, 4)
+            row["touched_GB"] = round(r["touched_bytes"] / 1e9, 4)
+        if "share_of_bound_bound" in r:
+            row["share_of_bound"] = round(r["share_of_bound_bound"]["median"], 3)
+            row["share_of_touched_bound"] = round(r["share_of_touched_bound"]["median"], 3)
+            row["bandwidth_GBps"] = round(r["bandwidth_GBps"]["median"], 2)
+        if "selection" in r:
+            row["selected_fraction"] = round(r["selection"]["selected_fraction"], 4)
+            row["live_fraction"] = round(r["selection"]["live_fraction"], 4)
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def sweep_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key, runs in results.items():
+        if not key.startswith("sweep_"):
+            continue
+        for r in runs:
+            rows.append(
+                {
+                    "format": key.removeprefix("sweep_"),
+                    "fraction": r["fraction"],
+                    "rows": "zero-skip" if r["skip_inactive"] else "full",
+                    "selected_fraction": round(r["selected_fraction"], 4),
+                    "decode_tok_s": round(r["decode_tok_s"]["median"], 3),
+                    "decode_min": round(r["decode_tok_s"]["min"], 3),
+                    "decode_max": round(r["decode_tok_s"]["max"], 3),
+                    "bound_tok_s": round(r.get("bound_tok_s", float("nan")), 3),
+                    "share_of_bound": round(r.get("share_of_bound_bound", {}).get("median", float("nan")), 3),
+                }
+            )
+    return rows
+
+
+def plot_sweep(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sweep_rows(results)
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for fmt in sorted({r["format"] for r in rows}):
+        for mode, style in (("full", "-o"), ("zero-skip", "--s")):
+            pts = sorted(
+                (r["fraction"], r["decode_tok_s"], r["bound_tok_s"])
+                for r in rows
+                if r["format"] == fmt and r["rows"] == mode
+            )
+            if pts:
+                ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], style, label=f"pijax {fmt}, {mode} rows")
+        bpts = sorted((r["fraction"], r["bound_tok_s"]) for r in rows if r["format"] == fmt and r["rows"] == "full")
+        ax.plot([100 * p[0] for p in bpts], [p[1] for p in bpts], ":", color="gray", label=f"bound {fmt} (full rows)")
+    for key, name in (("llamacpp_f32", "llama.cpp f32 dense"), ("llamacpp_f16", "llama.cpp f16 dense")):
+        if key in results:
+            ax.axhline(
+                results[key]["decode_tok_s"]["median"],
+                lw=1,
+                ls="-.",
+                label=name,
+                color="k" if "f32" in key else "brown",
+            )
+    ax.set_xscale("log")
+    ax.set_xticks([5, 10, 25, 50, 100], ["5", "10", "25", "50", "100"])
+    ax.set_xlabel("predicted-active neurons (%)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title("SYNTHETIC TinyLlama-1.1B-shape ReGLU, 2 threads")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_size(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = results.get("size")
+    if not size:
+        return
+    pts = size["points"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in sorted({p["engine"] for p in pts}):
+        sel = sorted((p["params_B"], p["decode_tok_s"]) for p in pts if p["engine"] == mode)
+        ax.plot([s[0] for s in sel], [s[1] for s in sel], "-o", label=mode)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters (billions; 7B point: extrapolated from a layer stack)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title("SYNTHETIC power-law ReGLU models, 2 threads")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_all(results: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "targets.md").write_text(targets_markdown(results))
+    _write_csv(out_dir / "decode.csv", engines_table(results))
+    _write_csv(out_dir / "sweep.csv", sweep_rows(results))
+    plot_sweep(results, out_dir / "sweep.png")
+    plot_size(results, out_dir / "size.png")
+    print(targets_markdown(results))

@@ -1,0 +1,376 @@
+"""Simulated hardware: tokens/s against VRAM for hardware profiles, from a measured per-token activation trace.
+
+SIMULATED, not measured: the figures come from `pijax.index.cost_model`'s formula applied to a trace recorded
+on this machine, with the bandwidths of a `pijax.index.hardware` preset (RTX 4090, A100-80GB, H100, a laptop GPU,
+or "cpu" for this 2-core machine). There is one cost model in pijax; this module only feeds it per-token data.
+
+Formula (the cost model's, evaluated once per traced token n and averaged):
+    rows_{n,l}   = the FFN rows the engine computes for token n in layer l: the predictor's predicted-active set
+                   (or, without predictors, the true active set), read from the trace
+    G_{n,l}      = bytes_per_neuron x |rows_{n,l} ∩ hot_l|  / accel_bandwidth
+    C_{n,l}      = bytes_per_neuron x |rows_{n,l} \\ hot_l| / host_bandwidth
+    S_l          = (sync_us_per_layer + transfer_bytes / pcie) x [layer l has a cold neuron]
+    t_n          = dense_read_bytes / accel_bandwidth + sum_l ( max(G_{n,l}, C_{n,l}) + S_l )
+    tokens/s     = 1 / mean_n t_n
+bytes_per_neuron = 3 x n_embd x weight itemsize (up, gate, down_t rows); transfer_bytes = 2 x n_embd x 4 (the
+normed input to the host and the cold output back); dense_read_bytes = attention, predictor, norm and output
+weights plus the KV cache read at the mean decode position. VRAM = pijax.index.plan_budget's dense part plus
+(bytes_per_neuron + 4) per hot neuron. `cost_model.predicted_token_seconds` computes t_n for one token's mask.
+
+What it leaves out (so where it is optimistic): kernel-launch and dispatch overhead per call, compute limits,
+caches, the gather's extra copy, and on a CPU "accelerator" the fact that both sides share one memory bus (there
+max(G, C) should really be G + C). Its error against measured CPU runs is stated in experiments/simulate/README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pijax.config import ModelConfig
+from pijax.errors import ConfigError, DataError
+from pijax.index.budget import BUCKET_BYTES_PER_NEURON, BudgetPlan, dtype_bytes, plan_budget
+from pijax.index.cost_model import predicted_token_seconds
+from pijax.index.hardware import HardwareProfile, get_preset
+from pijax.index.policies import solve
+
+SIMULATED = "simulated"
+
+
+@dataclasses.dataclass
+class Trace:
+    """Per-token masks of the FFN rows an engine computes, with the true activation counts that choose hot sets.
+
+    masks: bool [N, L, F]; kind: "predicted" (the predictor's decisions: the rows a predictor-gated engine
+    computes) or "true" (act != 0). counts: int [L, F] true activation counts (from profiling, for the index)."""
+
+    masks: np.ndarray
+    kind: str
+    counts: np.ndarray
+    n_counted_tokens: int
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        self.masks = np.asarray(self.masks, bool)
+        if self.masks.ndim != 3 or self.masks.shape[0] == 0:
+            raise DataError(f"a trace needs masks [N, L, F] with N >= 1, got shape {self.masks.shape}")
+        if np.shape(self.counts) != self.masks.shape[1:]:
+            raise DataError(f"trace counts {np.shape(self.counts)} do not match masks {self.masks.shape[1:]}")
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.masks.shape[0])
+
+    @property
+    def rows_per_token(self) -> float:
+        """Mean FFN rows computed per token, over all layers."""
+        return float(self.masks.sum() / self.n_tokens)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            np.savez_compressed(
+                f,
+                masks=np.packbits(self.masks, axis=-1),
+                n_ff=self.masks.shape[-1],
+                kind=self.kind,
+                counts=self.counts,
+                n_counted_tokens=self.n_counted_tokens,
+                model=self.model,
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Trace:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                n_ff = int(z["n_ff"])
+                masks = np.unpackbits(z["masks"], axis=-1, count=n_ff).astype(bool)
+                return cls(masks, str(z["kind"]), z["counts"], int(z["n_counted_tokens"]), str(z["model"]))
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"unreadable trace file ({type(e).__name__})", path) from None
+
+
+def resolve_source(source: str, model: Any) -> str:
+    """'auto' -> 'predictor' when the model file carries predictors, else 'oracle'."""
+    if source != "auto":
+        return source
+    return "predictor" if model.checkpoint.weights.predictors is not None else "oracle"
+
+
+def collect_trace(
+    model: Any,
+    windows: np.ndarray,
+    counts: np.ndarray,
+    n_counted_tokens: int,
+    *,
+    source: str = "auto",
+    max_tokens: int | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> Trace:
+    """Run the dense model over `windows` and keep each token's computed-row mask per layer.
+
+    source "predictor": the checkpoint's predictors at its threshold decide (what the hybrid engine computes);
+    "oracle": act != 0; "dense": every row. counts / n_counted_tokens: the true statistics the index is built from."""
+    import jax.numpy as jnp
+
+    from pijax.sparsity.predictors import predictor_logits
+    from pijax.sparsity.profile import check_windows, profile
+
+    source = resolve_source(source, model)
+    windows = check_windows(windows)
+    if max_tokens is not None:
+        windows = windows[: max(1, math.ceil(max_tokens / windows.shape[1]))]
+    weights = model.checkpoint.weights
+    preds, thr = weights.predictors, float(weights.sparse_threshold)
+    if source == "predictor" and preds is None:
+        raise ConfigError("trace source 'predictor' needs a model file with predictors", model.checkpoint.gguf.path)
+    parts: list[np.ndarray] = []
+
+    def on_batch(tokens_bt: np.ndarray, records: list[dict[str, np.ndarray]]) -> None:
+        layers = []
+        for i, r in enumerate(records):
+            act = r["act"].reshape(-1, r["act"].shape[-1])
+            if source == "predictor":
+                x = jnp.asarray(r["ffn_in"].reshape(-1, r["ffn_in"].shape[-1]))
+                layers.append(np.asarray(predictor_logits(preds[i], x) >= thr))
+            elif source == "oracle":
+                layers.append(act != 0)
+            else:
+                layers.append(np.ones(act.shape, bool))
+        parts.append(np.stack(layers, axis=1))
+
+    mode = "relu" if model.config.ffn_act != "silu" else None
+    if mode is None:
+        raise ConfigError("a trace needs a ReLU-family model (exact zeros), as the hybrid engine does")
+    profile(model, windows, mode=mode, batch_size=min(batch_size, len(windows)), on_batch=on_batch, progress=progress)
+    masks = np.concatenate(parts)
+    if max_tokens is not None:
+        masks = masks[:max_tokens]
+    kind = "predicted" if source == "predictor" else ("true" if source == "oracle" else "dense")
+    name = Path(model.checkpoint.gguf.path).name
+    return Trace(masks, kind, np.asarray(counts), int(n_counted_tokens), name)
+
+
+def dense_read_bytes(plan: BudgetPlan, model_cfg: ModelConfig, *, position: float, kv_dtype: str = "f32") -> int:
+    """Bytes every decoded token reads from the always-resident part: weights (attention, predictors, norms,
+    output head) and the KV cache up to `position`. KV cache and compute buffers are otherwise just space."""
+    kv = 2 * model_cfg.n_layer * position * model_cfg.n_embd_kv * dtype_bytes(kv_dtype)
+    return int(plan.attention_bytes + plan.predictor_bytes + plan.ffn_norm_bytes + plan.output_bytes + kv)
+
+
+def transfer_bytes(model_cfg: ModelConfig) -> int:
+    """Per split layer and token: the normed input to the host and the cold output back (f32), as the index
+    cache charges the cost_model policy."""
+    return 2 * model_cfg.n_embd * 4
+
+
+def simulate_seconds(
+    trace: Trace,
+    buckets: Sequence[np.ndarray],
+    hardware: HardwareProfile,
+    *,
+    bytes_per_neuron: int,
+    transfer_bytes: int,
+    dense_bytes: int,
+) -> float:
+    """Mean over the trace's tokens of the cost model's seconds per token for these hot sets (module docstring)."""
+    if len(buckets) != trace.masks.shape[1]:
+        raise DataError(f"{len(buckets)} hot sets for a trace of {trace.masks.shape[1]} layers")
+    total = 0.0
+    for mask in trace.masks:
+        total += predicted_token_seconds(
+            list(buckets),
+            mask.astype(np.float32),
+            hardware,
+            recall=1.0,
+            precision=1.0,
+            n_tokens=1,
+            bytes_per_neuron=bytes_per_neuron,
+            transfer_bytes=transfer_bytes,
+            dense_bytes=dense_bytes,
+        )
+    return total / trace.n_tokens
+
+
+def capacity_trace(
+    buckets: Sequence[np.ndarray], hot_per_shard: Sequence[int], cold: Sequence[int], n_ff: int, n_shards: int
+) -> Trace:
+    """A one-token trace of the rows a capacity-bounded engine really computes every token: `hot_per_shard` x
+    n_shards hot rows and `cold` cold rows per layer (pijax.layout.capacity), whatever the predictor says. Fed to
+    the same formula, it separates the cost of the static gather sizes from the cost model's other assumptions."""
+    masks = np.zeros((1, len(buckets), n_ff), bool)
+    for layer, ids in enumerate(buckets):
+        hot = np.zeros(n_ff, bool)
+        hot[ids] = True
+        masks[0, layer, np.flatnonzero(hot)[: int(hot_per_shard[layer]) * n_shards]] = True
+        masks[0, layer, np.flatnonzero(~hot)[: int(cold[layer])]] = True
+    return Trace(masks, "capacity", masks[0].astype(np.int64), 1)
+
+
+def hot_row_share(trace: Trace, buckets: Sequence[np.ndarray]) -> float:
+    """Share of the trace's computed rows that fall on hot neurons."""
+    hot = sum(int(trace.masks[:, layer, ids].sum()) for layer, ids in enumerate(buckets))
+    total = int(trace.masks.sum())
+    return hot / total if total else 0.0
+
+
+def policy_buckets(
+    policy: str,
+    counts: np.ndarray,
+    capacity: int,
+    plan: BudgetPlan,
+    model_cfg: ModelConfig,
+    hardware: HardwareProfile | None,
+) -> list[np.ndarray]:
+    """Hot sets for `policy` under `capacity`, with the parameters pijax.index's cache would give it."""
+    params: dict[str, Any] = {}
+    if policy == "cost_model":
+        params = {
+            "hardware": hardware,
+            "bytes_per_neuron": plan.bytes_per_neuron,
+            "transfer_bytes": transfer_bytes(model_cfg),
+        }
+    return solve(policy, counts, capacity, **params)
+
+
+def budget_for_fraction(model_cfg: ModelConfig, fraction: float, **plan_kwargs: Any) -> tuple[int, BudgetPlan]:
+    """The budget that holds the dense part plus `fraction` of all FFN neurons, and its plan."""
+    full = plan_budget(model_cfg, 2**62, **plan_kwargs)
+    per = full.bytes_per_neuron + BUCKET_BYTES_PER_NEURON
+    budget = full.dense_bytes + math.ceil(fraction * full.total_neurons) * per
+    return budget, plan_budget(model_cfg, budget, **plan_kwargs)
+
+
+def simulate_curves(
+    trace: Trace,
+    model_cfg: ModelConfig,
+    *,
+    profiles: Sequence[str],
+    policies: Sequence[str],
+    ffn_fractions: Sequence[float],
+    weight_dtype: str = "f16",
+    n_ctx: int | None = None,
+    predictor_ranks: Sequence[int] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """SIMULATED tokens/s against VRAM: one row per (profile, policy, budget) that fits the profile's memory."""
+    from tqdm.auto import tqdm
+
+    hws = [get_preset(p) for p in profiles]
+    kw: dict[str, Any] = {
+        "weight_dtype": weight_dtype,
+        "kv_dtype": weight_dtype,  # PowerInfer keeps its KV cache in f16 too
+        "n_ctx": n_ctx,
+        "predictor_ranks": predictor_ranks,
+    }
+    position = 0.5 * (n_ctx or model_cfg.n_ctx)
+    rows: list[dict[str, Any]] = []
+    grid = [(f, pol) for f in sorted(set(ffn_fractions)) for pol in policies]
+    for fraction, policy in tqdm(grid, desc="simulate", unit="point", disable=not progress):
+        budget, plan = budget_for_fraction(model_cfg, fraction, **kw)
+        dense_bytes = dense_read_bytes(plan, model_cfg, position=position, kv_dtype=weight_dtype)
+        shared = (
+            None
+            if policy == "cost_model"
+            else policy_buckets(policy, trace.counts, plan.capacity_neurons, plan, model_cfg, None)
+        )
+        for hw in hws:
+            buckets = shared or policy_buckets(policy, trace.counts, plan.capacity_neurons, plan, model_cfg, hw)
+            n_hot = int(sum(len(b) for b in buckets))
+            vram = plan.dense_bytes + n_hot * (plan.bytes_per_neuron + BUCKET_BYTES_PER_NEURON)
+            if vram > hw.accel_memory_bytes > 0:
+                continue
+            secs = simulate_seconds(
+                trace,
+                buckets,
+                hw,
+                bytes_per_neuron=plan.bytes_per_neuron,
+                transfer_bytes=transfer_bytes(model_cfg),
+                dense_bytes=dense_bytes,
+            )
+            rows.append(
+                {
+                    "label": SIMULATED,
+                    "hardware": hw.name,
+                    "policy": policy,
+                    "ffn_fraction": float(fraction),
+                    "budget_bytes": int(budget),
+                    "vram_bytes": int(vram),
+                    "vram_mib": vram / 2**20,
+                    "hot_neurons": n_hot,
+                    "hot_row_share": hot_row_share(trace, buckets),
+                    "sim_decode_tok_s": 1.0 / secs,
+                    "trace_kind": trace.kind,
+                    "trace_tokens": trace.n_tokens,
+                    "weight_dtype": weight_dtype,
+                }
+            )
+    return rows
+
+
+def prediction_errors(rows: Sequence[dict[str, Any]], measured: str, predicted: str) -> dict[str, float]:
+    """Relative error of a prediction column against a measured one over rows holding both:
+    mean |pred/meas - 1|, median signed pred/meas - 1, and max |.|; plus the row count."""
+    pairs = []
+    for r in rows:
+        try:
+            m, p = float(r[measured]), float(r[predicted])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if m > 0 and math.isfinite(p):
+            pairs.append(p / m - 1.0)
+    if not pairs:
+        return {"n": 0}
+    err = np.asarray(pairs)
+    return {
+        "n": len(pairs),
+        "mean_abs_error": float(np.abs(err).mean()),
+        "median_error": float(np.median(err)),
+        "max_abs_error": float(np.abs(err).max()),
+    }
+
+
+def plot_simulated(
+    rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "", labels: Sequence[str] = ()
+) -> Path:
+    """One panel per hardware profile: simulated tokens/s against VRAM (MiB), one line per policy."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise DataError("nothing to plot: no simulated rows", path)
+    hws = list(dict.fromkeys(r["hardware"] for r in rows))
+    cols = min(len(hws), 2)
+    n_rows = math.ceil(len(hws) / cols)
+    fig = Figure(figsize=(6 * cols, 3.8 * n_rows), dpi=110)
+    FigureCanvasAgg(fig)
+    for k, hw in enumerate(hws):
+        ax = fig.add_subplot(n_rows, cols, k + 1)
+        mine = [r for r in rows if r["hardware"] == hw]
+        for policy in dict.fromkeys(r["policy"] for r in mine):
+            pts = sorted((float(r["vram_mib"]), float(r["sim_decode_tok_s"])) for r in mine if r["policy"] == policy)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=policy)
+        speeds = [float(r["sim_decode_tok_s"]) for r in mine]
+        if max(speeds) > 20 * min(speeds):  # all-hot layers skip every hand-over: orders of magnitude apart
+            ax.set_yscale("log")
+        ax.set_title(hw)
+        ax.set_xlabel("resident VRAM (MiB)")
+        ax.set_ylabel("decode tokens/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    tags = ", ".join([SIMULATED, *[t for t in labels if t != SIMULATED]])
+    fig.suptitle(f"{title or 'decode tokens/s vs VRAM'} [{tags}]")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,140 @@
+"""Put a model on the CPU kernels: convert a loaded Llama in place, or load a GGUF straight into a weight format.
+
+- `use_kernels(model, fmt)`: attention and output-head matrices stored in `fmt`, every FFN a `KernelFFN` (a
+  predictor-mode SparseFFN keeps its predictor, threshold and capacity). The modules then compute through
+  `pijax.kernels.ops`; build a new Engine (or `model.refresh()`) afterwards.
+- `load_llama(path, fmt)`: the same model read from a GGUF tensor by tensor (memory-mapped), each matrix
+  converted as it arrives, so peak memory is the converted model plus one matrix: never a second copy of a
+  multi-GB model (`pijax.api.load_model` keeps the numpy checkpoint next to the module). Predictors may come from
+  another file (a PowerInfer-style GGUF of the same weights).
+The token embedding and the norms stay f32 (one embedding row is read per token).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from pijax.config import FfnActivation
+from pijax.errors import DataError
+from pijax.io.checkpoint import THRESHOLD_KEY, model_config_from_gguf
+from pijax.io.gguf import GGUFFile, read_gguf
+from pijax.kernels import build
+from pijax.kernels.fast_ffn import KernelFFN
+from pijax.kernels.formats import WeightFormat, check_format, to_format
+from pijax.model.llama import Llama
+
+_ATTN = {"w_q_nd": "attn_q", "w_k_nd": "attn_k", "w_v_nd": "attn_v", "w_o_dn": "attn_output"}
+
+
+def use_kernels(
+    model: Any,
+    fmt: WeightFormat = "f32",
+    *,
+    predictor_fmt: WeightFormat | None = None,
+    skip_inactive: bool = True,
+) -> None:
+    """Convert a Llama (or a pijax Model) in place; see the module docstring."""
+    check_format(fmt)
+    llama: Llama = getattr(model, "module", model)
+    for block in llama.layers:
+        for name in _ATTN:
+            setattr(block.attn, name, nnx.Param(to_format(getattr(block.attn, name)[...], fmt)))
+        block.ffn = KernelFFN.from_ffn(
+            llama.cfg, block.ffn, fmt, predictor_fmt=predictor_fmt, skip_inactive=skip_inactive
+        )
+    if llama.w_out_vd is not None:
+        llama.w_out_vd = nnx.Param(to_format(llama.w_out_vd[...], fmt))
+    if hasattr(model, "refresh"):
+        model.refresh()
+
+
+def _stored(f: GGUFFile, name: str, transpose: bool = False) -> jax.Array:
+    """A tensor as a jax array in its stored float dtype (f32/f16/bf16; other types dequantized to f32)."""
+    raw = f.raw(name)
+    arr = raw if raw.dtype in (np.float32, np.float16) else f.array(name, np.float32)
+    if transpose:
+        arr = np.ascontiguousarray(arr.T)
+    return jnp.asarray(arr)
+
+
+def load_llama(
+    path: str | os.PathLike[str],
+    fmt: WeightFormat = "f32",
+    *,
+    predictors_from: str | os.PathLike[str] | None = None,
+    use_predictors: bool = True,
+    pred_threshold: float | None = None,
+    capacities: Sequence[int] | None = None,
+    predictor_fmt: WeightFormat | None = None,
+    ffn_act: FfnActivation | None = None,
+    skip_inactive: bool = True,
+    xla_ffn: bool = False,
+    hugepages: bool = True,
+    progress: bool = True,
+) -> Llama:
+    """A Llama whose matrices are stored in `fmt` and whose FFNs are KernelFFNs: predictor-gated when
+    predictors are found (in `predictors_from`, else in `path`) and `use_predictors`, dense otherwise.
+    `xla_ffn`: keep pijax's plain DenseFFN (XLA, f32 only, no predictors) instead. `hugepages`: back the
+    weights with transparent huge pages (`pijax.kernels.build.use_hugepages`).
+
+    `pred_threshold` defaults to the predictor file's `powerinfer.sparse_threshold` (else 0); `capacities`
+    (per layer) to no cap."""
+    check_format(fmt)
+    pfmt = check_format(predictor_fmt or fmt)
+    if xla_ffn and fmt != "f32":
+        raise DataError(f"the XLA DenseFFN runs f32 weights, not {fmt}", path)
+    use_predictors = use_predictors and not xla_ffn
+    f = read_gguf(path)
+    cfg = model_config_from_gguf(f, ffn_act)
+    pf = f
+    if use_predictors and predictors_from is not None:
+        pf = read_gguf(predictors_from)
+    has_pred = use_predictors and "blk.0.fc1.weight" in pf.tensors
+    if use_predictors and predictors_from is not None and not has_pred:
+        raise DataError("no predictors (blk.N.fc1/fc2) in this file", predictors_from)
+    thr = float(pf.metadata.get(THRESHOLD_KEY, 0.0)) if pred_threshold is None else float(pred_threshold)
+    caps = list(capacities) if capacities is not None else [cfg.n_ff] * cfg.n_layer
+    if len(caps) != cfg.n_layer:
+        raise DataError(f"{len(caps)} capacities for {cfg.n_layer} layers", path)
+    for name, shape in (("token_embd.weight", (cfg.n_vocab, cfg.n_embd)), ("blk.0.ffn_up.weight", None)):
+        if name not in f.tensors or (shape is not None and tuple(f.tensors[name].shape) != shape):
+            raise DataError(f"tensor {name} is missing or has the wrong shape", path)
+
+    llama = nnx.eval_shape(lambda: Llama(cfg, None, rngs=nnx.Rngs(0)))
+    llama.token_embd_vd = nnx.Param(_stored(f, "token_embd.weight").astype(jnp.float32))
+    llama.output_norm.weight = nnx.Param(_stored(f, "output_norm.weight").astype(jnp.float32))
+    if llama.w_out_vd is not None:
+        llama.w_out_vd = nnx.Param(to_format(_stored(f, "output.weight"), fmt))
+    has_down_t = "blk.0.ffn_down_t.weight" in f.tensors
+    for i, block in enumerate(tqdm(llama.layers, desc=f"load {fmt}", unit="layer", disable=not progress)):
+        p = f"blk.{i}."
+        block.attn_norm.weight = nnx.Param(_stored(f, p + "attn_norm.weight").astype(jnp.float32))
+        block.ffn_norm.weight = nnx.Param(_stored(f, p + "ffn_norm.weight").astype(jnp.float32))
+        for attr, tensor in _ATTN.items():
+            setattr(block.attn, attr, nnx.Param(to_format(_stored(f, p + tensor + ".weight"), fmt)))
+        down = _stored(f, p + "ffn_down_t.weight") if has_down_t else _stored(f, p + "ffn_down.weight", True)
+        gate = to_format(_stored(f, p + "ffn_gate.weight"), fmt) if p + "ffn_gate.weight" in f.tensors else None
+        if xla_ffn:
+            block.ffn.w_up_fd = nnx.Param(to_format(_stored(f, p + "ffn_up.weight"), "f32"))
+            block.ffn.w_gate_fd = None if gate is None else nnx.Param(gate)
+            block.ffn.w_down_fd = nnx.Param(to_format(down, "f32"))
+            continue
+        kw: dict[str, Any] = {"skip_inactive": skip_inactive, "capacity": caps[i], "threshold": thr}
+        if has_pred:
+            kw |= {
+                "fc1": to_format(_stored(pf, p + "fc1.weight"), pfmt),
+                "fc2": to_format(_stored(pf, p + "fc2.weight"), pfmt),
+            }
+        up = to_format(_stored(f, p + "ffn_up.weight"), fmt)
+        block.ffn = KernelFFN(cfg, up, gate, to_format(down, fmt), **kw)
+    if hugepages:
+        build.use_hugepages(nnx.state(llama))
+    return llama

@@ -1,0 +1,572 @@
+// pijax CPU kernels behind jax.ffi: row dot products ("matvec") and the predictor-gated sparse FFN for a few
+// tokens, reading f32, f16, bf16 or int8 (per-row f32 scale) weights and computing in f32.
+//
+// Why a kernel: XLA:CPU runs f16/bf16 dot products ~12x slower than f32 and has no fused int8-dequantizing dot,
+// and a sparse FFN in XLA has to copy the gathered rows before its products. Here every weight row is read once,
+// converted in registers, and rows the predictor did not select are never touched. For ReLU-family FFNs a
+// selected neuron whose gate (or, without a gate, up) product is <= 0 has an exactly-zero output, so its up and
+// down_t rows are skipped too.
+//
+// Built by pijax/kernels/build.py with the system g++ (-O3 -march=native); AVX-512 code where the compiler
+// targets it, plain loops otherwise. Threads: a small persistent pool (the caller plus n-1 workers that spin
+// briefly, then sleep), so that a decode step's ~150 calls do not each pay a thread wake-up.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <sched.h>
+#include <sys/mman.h>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define PIJAX_AVX512 1
+#else
+#define PIJAX_AVX512 0
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// ---------------------------------------------------------------- thread pool
+
+class Pool {
+ public:
+  explicit Pool(int n) { resize(n); }
+  ~Pool() { stop(); }
+
+  int size() const { return n_; }
+
+  void resize(int n) {
+    stop();
+    n_ = std::max(1, n);
+    quit_ = false;
+    const uint64_t g = gen_.load();
+    for (int t = 1; t < n_; ++t) workers_.emplace_back([this, g] { loop(g); });
+  }
+
+  // Runs f(c) for every chunk c in [0, n_chunks), the caller included, each chunk claimed from a shared ticket.
+  // Nobody waits for a thread that has not started: on a busy machine a worker may get the CPU late, and the
+  // caller then simply does its chunks. A second caller that finds the pool busy (XLA may run independent
+  // custom calls at once) runs its chunks alone.
+  void run(int n_chunks, const std::function<void(int)>& f) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock() || n_ == 1 || n_chunks <= 1) {
+      for (int c = 0; c < n_chunks; ++c) f(c);
+      return;
+    }
+    job_.store(&f, std::memory_order_relaxed);
+    n_chunks_.store(n_chunks, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t g = ++runs_;
+    ticket_.store(g << 32, std::memory_order_release);
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      gen_.store(g, std::memory_order_release);
+    }
+    if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
+    work(g);
+    while (done_.load(std::memory_order_acquire) < n_chunks) cpu_relax();
+  }
+
+ private:
+  static void cpu_relax() {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+
+  // Claim chunks of run g until none is left. A chunk is claimed by a CAS on (run << 32 | next chunk), so a
+  // thread that arrives after run g ended can never start one of its chunks.
+  void work(uint64_t g) {
+    for (;;) {
+      uint64_t t = ticket_.load(std::memory_order_acquire);
+      if ((t >> 32) != g) return;
+      const uint32_t c = uint32_t(t);
+      if (int(c) >= n_chunks_.load(std::memory_order_relaxed)) return;
+      if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
+      (*job_.load(std::memory_order_relaxed))(int(c));
+      done_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void loop(uint64_t seen) {
+    for (;;) {
+      // Spin a little (decode calls come every few tens of microseconds), yielding the core to XLA's own
+      // threads, then sleep.
+      auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      int spins = 0;
+      while (gen_.load(std::memory_order_acquire) == seen && !quit_.load(std::memory_order_acquire)) {
+        cpu_relax();
+        if ((++spins & 63) != 0) continue;
+        sched_yield();
+        if (std::chrono::steady_clock::now() < until) continue;
+        std::unique_lock<std::mutex> lk(m_);
+        sleepers_.fetch_add(1, std::memory_order_acq_rel);
+        cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen || quit_.load(); });
+        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+      if (quit_.load(std::memory_order_acquire)) return;
+      seen = gen_.load(std::memory_order_acquire);
+      work(seen);
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+  static constexpr int kSpinMicros = 100;
+  int n_ = 1;
+  uint64_t runs_ = 0;
+  std::vector<std::thread> workers_;
+  std::mutex busy_, m_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> gen_{0}, ticket_{0};
+  std::atomic<int> done_{0}, n_chunks_{0}, sleepers_{0};
+  std::atomic<bool> quit_{false};
+  std::atomic<const std::function<void(int)>*> job_{nullptr};
+};
+
+Pool& pool() {
+  static Pool p(std::max(1u, std::thread::hardware_concurrency()));
+  return p;
+}
+
+// ---------------------------------------------------------------- element formats
+
+enum class Fmt { kF32, kF16, kBF16, kI8 };
+
+inline float half_to_float(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400u)) {
+        man <<= 1;
+        --exp;
+      }
+      bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+template <Fmt F>
+inline float elem(const void* base, int64_t i) {
+  if constexpr (F == Fmt::kF32) {
+    return static_cast<const float*>(base)[i];
+  } else if constexpr (F == Fmt::kF16) {
+    return half_to_float(static_cast<const uint16_t*>(base)[i]);
+  } else if constexpr (F == Fmt::kBF16) {
+    uint32_t bits = uint32_t(static_cast<const uint16_t*>(base)[i]) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  } else {
+    return float(static_cast<const int8_t*>(base)[i]);
+  }
+}
+
+template <Fmt F>
+constexpr int64_t elem_bytes() {
+  return F == Fmt::kF32 ? 4 : (F == Fmt::kI8 ? 1 : 2);
+}
+
+template <Fmt F>
+inline const void* row_ptr(const void* w, int64_t row, int64_t d) {
+  return static_cast<const char*>(w) + row * d * elem_bytes<F>();
+}
+
+#if PIJAX_AVX512
+template <Fmt F>
+inline __m512 load16(const void* base, int64_t i) {
+  if constexpr (F == Fmt::kF32) {
+    return _mm512_loadu_ps(static_cast<const float*>(base) + i);
+  } else if constexpr (F == Fmt::kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i)));
+  } else if constexpr (F == Fmt::kBF16) {
+    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(base) + i));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+  }
+}
+#endif
+
+// dot(row r_k of w, x) for K rows at once (independent accumulator chains), unscaled.
+template <Fmt F, int K>
+inline void dot_rows(const void* const* rows, const float* x, int64_t d, float* out) {
+  int64_t i = 0;
+#if PIJAX_AVX512
+  __m512 acc[K];
+  for (int k = 0; k < K; ++k) acc[k] = _mm512_setzero_ps();
+  for (; i + 16 <= d; i += 16) {
+    __m512 xv = _mm512_loadu_ps(x + i);
+    for (int k = 0; k < K; ++k) acc[k] = _mm512_fmadd_ps(load16<F>(rows[k], i), xv, acc[k]);
+  }
+  for (int k = 0; k < K; ++k) out[k] = _mm512_reduce_add_ps(acc[k]);
+#else
+  for (int k = 0; k < K; ++k) out[k] = 0.0f;
+#endif
+  for (; i < d; ++i)
+    for (int k = 0; k < K; ++k) out[k] += elem<F>(rows[k], i) * x[i];
+}
+
+// Gathered rows start at unpredictable addresses, and the hardware prefetcher only ramps up after a few misses
+// inside each row: ask for the head of a row we will read soon.
+int64_t g_prefetch_bytes = 512;
+
+template <Fmt F>
+inline void prefetch_head(const void* w, int32_t row, int64_t d) {
+  const char* p = static_cast<const char*>(row_ptr<F>(w, row, d));
+  const int64_t n = std::min<int64_t>(d * elem_bytes<F>(), g_prefetch_bytes);
+  for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o, 0, 1);
+}
+
+// acc += a * row
+template <Fmt F>
+inline void axpy_row(float* acc, float a, const void* row, int64_t d) {
+  int64_t i = 0;
+#if PIJAX_AVX512
+  __m512 av = _mm512_set1_ps(a);
+  for (; i + 16 <= d; i += 16)
+    _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(load16<F>(row, i), av, _mm512_loadu_ps(acc + i)));
+#endif
+  for (; i < d; ++i) acc[i] += a * elem<F>(row, i);
+}
+
+// ---------------------------------------------------------------- rows_dot: y[m, n] = scale[n] * <w[n], x[m]>
+
+template <Fmt F>
+void rows_dot_range(const float* x, int64_t m_tokens, int64_t d, const void* w, const float* scale, int64_t n,
+                    int64_t r0, int64_t r1, float* y) {
+  constexpr int K = 4;
+  for (int64_t m = 0; m < m_tokens; ++m) {
+    const float* xm = x + m * d;
+    float* ym = y + m * n;
+    int64_t r = r0;
+    for (; r + K <= r1; r += K) {
+      const void* rows[K];
+      for (int k = 0; k < K; ++k) rows[k] = row_ptr<F>(w, r + k, d);
+      dot_rows<F, K>(rows, xm, d, ym + r);
+    }
+    for (; r < r1; ++r) {
+      const void* rows[1] = {row_ptr<F>(w, r, d)};
+      dot_rows<F, 1>(rows, xm, d, ym + r);
+    }
+    if (scale != nullptr)
+      for (int64_t q = r0; q < r1; ++q) ym[q] *= scale[q];
+  }
+}
+
+Fmt fmt_of(ffi::DataType t, bool* ok) {
+  *ok = true;
+  switch (t) {
+    case ffi::DataType::F32:
+      return Fmt::kF32;
+    case ffi::DataType::F16:
+      return Fmt::kF16;
+    case ffi::DataType::BF16:
+      return Fmt::kBF16;
+    case ffi::DataType::S8:
+      return Fmt::kI8;
+    default:
+      *ok = false;
+      return Fmt::kF32;
+  }
+}
+
+template <typename Fn>
+void dispatch_fmt(Fmt f, Fn&& fn) {
+  switch (f) {
+    case Fmt::kF32:
+      fn(std::integral_constant<Fmt, Fmt::kF32>{});
+      break;
+    case Fmt::kF16:
+      fn(std::integral_constant<Fmt, Fmt::kF16>{});
+      break;
+    case Fmt::kBF16:
+      fn(std::integral_constant<Fmt, Fmt::kBF16>{});
+      break;
+    case Fmt::kI8:
+      fn(std::integral_constant<Fmt, Fmt::kI8>{});
+      break;
+  }
+}
+
+ffi::Error RowsDotImpl(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> scale,
+                       ffi::ResultBuffer<ffi::F32> y) {
+  auto wd = w.dimensions();
+  auto xd = x.dimensions();
+  if (wd.size() != 2 || xd.size() != 2 || xd[1] != wd[1])
+    return ffi::Error::InvalidArgument("pijax_rows_dot: x must be [M, D] and w [N, D]");
+  bool ok;
+  Fmt f = fmt_of(w.element_type(), &ok);
+  if (!ok) return ffi::Error::InvalidArgument("pijax_rows_dot: weights must be f32, f16, bf16 or int8");
+  const int64_t m = xd[0], d = xd[1], n = wd[0];
+  const bool scaled = f == Fmt::kI8;
+  if (scaled && scale.element_count() != size_t(n))
+    return ffi::Error::InvalidArgument("pijax_rows_dot: int8 weights need one scale per row");
+  const float* xp = x.typed_data();
+  const float* sp = scaled ? scale.typed_data() : nullptr;
+  const void* wp = w.untyped_data();
+  float* yp = y->typed_data();
+  // Small products are not worth waking the pool for.
+  const bool parallel = double(n) * double(d) * double(m) >= 65536.0;
+  dispatch_fmt(f, [&](auto tag) {
+    constexpr Fmt F = decltype(tag)::value;
+    if (!parallel) {
+      rows_dot_range<F>(xp, m, d, wp, sp, n, 0, n, yp);
+      return;
+    }
+    // Chunks of whole 16-row blocks (parts never share a cache line of y), about 8 per thread.
+    const int64_t blocks = (n + 15) / 16;
+    const int64_t per = std::max<int64_t>(1, blocks / (8 * pool().size()));
+    const int n_chunks = int((blocks + per - 1) / per);
+    pool().run(n_chunks, [&](int c) {
+      const int64_t r0 = std::min(n, c * per * 16), r1 = std::min(n, (c + 1) * per * 16);
+      if (r0 < r1) rows_dot_range<F>(xp, m, d, wp, sp, n, r0, r1, yp);
+    });
+  });
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------- sparse FFN
+
+enum Act : int32_t { kSilu = 0, kRelu = 1, kDRelu = 2 };
+
+// Row chunks of one sparse FFN call (each with its own accumulator): enough for two or more threads to balance
+// when one of them starts late, few enough that the accumulators stay cheap to add up.
+constexpr int64_t kFfnChunks = 8;
+
+inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+struct FfnArgs {
+  const float* x;  // [D]
+  int64_t d;
+  const void *up, *gate, *down;  // [F, D] each; gate may be null
+  const float *s_up, *s_gate, *s_down;  // per-row scales (int8) or null
+  int32_t act;
+  bool skip;  // skip rows whose output is exactly zero (ReLU kinds); false: read every selected row in full
+};
+
+// The "first" product decides for ReLU kinds whether a row contributes at all: gate, or up without a gate.
+template <Fmt F>
+void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc) {
+  constexpr int B = 32, K = 4;
+  const bool has_gate = a.gate != nullptr;
+  const void* first = has_gate ? a.gate : a.up;
+  const float* s_first = has_gate ? a.s_gate : a.s_up;
+  const bool skip_first = a.skip && a.act != kSilu;
+  float v1[B], v2[B];
+  int32_t keep[B];
+  for (int64_t b0 = 0; b0 < n_rows; b0 += B) {
+    const int64_t nb = std::min<int64_t>(B, n_rows - b0);
+    const int32_t* rb = rows + b0;
+    int64_t j = 0;
+    for (; j + K <= nb; j += K) {
+      const void* p[K];
+      for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(first, rb[j + k], a.d);
+      for (int64_t k = b0 + j + K; k < std::min(n_rows, b0 + j + 2 * K); ++k) prefetch_head<F>(first, rows[k], a.d);
+      dot_rows<F, K>(p, a.x, a.d, v1 + j);
+    }
+    for (; j < nb; ++j) {
+      const void* p[1] = {row_ptr<F>(first, rb[j], a.d)};
+      dot_rows<F, 1>(p, a.x, a.d, v1 + j);
+    }
+    int nk = 0;
+    for (int64_t q = 0; q < nb; ++q) {
+      if (s_first) v1[q] *= s_first[rb[q]];
+      if (!skip_first || v1[q] > 0.0f) {
+        v1[nk] = v1[q];
+        keep[nk++] = rb[q];
+      }
+    }
+    if (has_gate) {  // the up products of the rows still alive
+      int q = 0;
+      for (; q + K <= nk; q += K) {
+        const void* p[K];
+        for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(a.up, keep[q + k], a.d);
+        for (int k = q + K; k < std::min(nk, q + 2 * K); ++k) prefetch_head<F>(a.up, keep[k], a.d);
+        dot_rows<F, K>(p, a.x, a.d, v2 + q);
+      }
+      for (; q < nk; ++q) {
+        const void* p[1] = {row_ptr<F>(a.up, keep[q], a.d)};
+        dot_rows<F, 1>(p, a.x, a.d, v2 + q);
+      }
+    }
+    for (int q = 0; q < nk; ++q) {
+      const int32_t r = keep[q];
+      if (q + 1 < nk) prefetch_head<F>(a.down, keep[q + 1], a.d);
+      float out;
+      if (has_gate) {
+        float u = a.s_up ? v2[q] * a.s_up[r] : v2[q];
+        float g = v1[q];
+        out = a.act == kSilu ? silu(g) * u : std::max(g, 0.0f) * (a.act == kRelu ? u : std::max(u, 0.0f));
+      } else {
+        out = a.act == kSilu ? silu(v1[q]) : std::max(v1[q], 0.0f);
+      }
+      if (out == 0.0f && a.skip) continue;
+      if (a.s_down) out *= a.s_down[r];
+      axpy_row<F>(acc, out, row_ptr<F>(a.down, r, a.d), a.d);
+    }
+  }
+}
+
+// The selected neurons of one token: logit >= thr, at most `cap` of them (the top-scoring, ties to the lower
+// index, as jax.lax.top_k), ascending. dense: every neuron.
+int64_t select_rows(const float* logits, int64_t f, float thr, int64_t cap, bool dense, std::vector<int32_t>* out) {
+  out->clear();
+  if (dense) {
+    out->resize(f);
+    for (int64_t i = 0; i < f; ++i) (*out)[i] = int32_t(i);
+    return f;
+  }
+  for (int64_t i = 0; i < f; ++i)
+    if (logits[i] >= thr) out->push_back(int32_t(i));
+  if (int64_t(out->size()) > cap) {
+    auto better = [logits](int32_t p, int32_t q) { return logits[p] > logits[q] || (logits[p] == logits[q] && p < q); };
+    std::nth_element(out->begin(), out->begin() + cap, out->end(), better);
+    out->resize(cap);
+    std::sort(out->begin(), out->end());
+  }
+  return int64_t(out->size());
+}
+
+ffi::Error SparseFfnImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> logits, ffi::AnyBuffer up,
+                         ffi::AnyBuffer gate, ffi::AnyBuffer down, ffi::Buffer<ffi::F32> s_up,
+                         ffi::Buffer<ffi::F32> s_gate, ffi::Buffer<ffi::F32> s_down, ffi::ResultBuffer<ffi::F32> y,
+                         ffi::ResultBuffer<ffi::S32> n_sel, float threshold, int64_t capacity, int32_t act,
+                         int32_t has_gate, int32_t dense, int32_t skip) {
+  auto xd = x.dimensions();
+  auto wd = up.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || wd[1] != xd[1])
+    return ffi::Error::InvalidArgument("pijax_sparse_ffn: x must be [M, D] and the weights [F, D]");
+  const int64_t m = xd[0], d = xd[1], f = wd[0];
+  if (!dense && (logits.dimensions().size() != 2 || logits.dimensions()[0] != m || logits.dimensions()[1] != f))
+    return ffi::Error::InvalidArgument("pijax_sparse_ffn: logits must be [M, F]");
+  if (up.element_type() != down.element_type() || (has_gate && gate.element_type() != up.element_type()))
+    return ffi::Error::InvalidArgument("pijax_sparse_ffn: up, gate and down_t must share one dtype");
+  bool ok;
+  Fmt fm = fmt_of(up.element_type(), &ok);
+  if (!ok) return ffi::Error::InvalidArgument("pijax_sparse_ffn: weights must be f32, f16, bf16 or int8");
+  const bool scaled = fm == Fmt::kI8;
+  if (scaled && (s_up.element_count() != size_t(f) || s_down.element_count() != size_t(f) ||
+                 (has_gate && s_gate.element_count() != size_t(f))))
+    return ffi::Error::InvalidArgument("pijax_sparse_ffn: int8 weights need one scale per row");
+  FfnArgs a{nullptr, d, up.untyped_data(), has_gate ? gate.untyped_data() : nullptr, down.untyped_data(),
+            scaled ? s_up.typed_data() : nullptr, scaled && has_gate ? s_gate.typed_data() : nullptr,
+            scaled ? s_down.typed_data() : nullptr, act, skip != 0};
+  Pool& p = pool();
+  static thread_local std::vector<int32_t> sel;
+  static thread_local std::vector<float> parts;
+  float* yp = y->typed_data();
+  int32_t* np = n_sel->typed_data();
+  for (int64_t t = 0; t < m; ++t) {
+    a.x = x.typed_data() + t * d;
+    const int64_t k = select_rows(dense ? nullptr : logits.typed_data() + t * f, f, threshold, capacity, dense != 0, &sel);
+    np[t] = int32_t(k);
+    // A fixed number of chunks, each summing its rows into its own accumulator, added up in chunk order: the
+    // result does not depend on which thread ran which chunk.
+    const int n_chunks = k * d < 32768 ? 1 : int(std::min<int64_t>(kFfnChunks, (k + 15) / 16));
+    parts.assign(size_t(n_chunks) * size_t(d), 0.0f);
+    const int32_t* rows = sel.data();
+    float* pp = parts.data();
+    dispatch_fmt(fm, [&](auto tag) {
+      constexpr Fmt F = decltype(tag)::value;
+      p.run(n_chunks, [&](int c) {
+        const int64_t r0 = k * c / n_chunks, r1 = k * (c + 1) / n_chunks;
+        if (r0 < r1) ffn_rows<F>(a, rows + r0, r1 - r0, pp + int64_t(c) * d);
+      });
+    });
+    float* yt = yp + t * d;
+    std::copy(pp, pp + d, yt);
+    for (int c = 1; c < n_chunks; ++c)
+      for (int64_t i = 0; i < d; ++i) yt[i] += pp[int64_t(c) * d + i];
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PijaxRowsDot, RowsDotImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PijaxSparseFfn, SparseFfnImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("threshold")
+                                  .Attr<int64_t>("capacity")
+                                  .Attr<int32_t>("act")
+                                  .Attr<int32_t>("has_gate")
+                                  .Attr<int32_t>("dense")
+                                  .Attr<int32_t>("skip"));
+
+extern "C" {
+// Threads the kernels use (the caller included); returns the count in effect.
+int pijax_set_threads(int n) {
+  if (n >= 1 && n != pool().size()) pool().resize(n);
+  return pool().size();
+}
+int pijax_has_avx512() { return PIJAX_AVX512; }
+
+// Bytes at the head of each gathered row that are prefetched one row group ahead (0: none).
+int64_t pijax_set_prefetch(int64_t n) {
+  if (n >= 0) g_prefetch_bytes = n;
+  return g_prefetch_bytes;
+}
+
+// Back [p, p + n) with transparent huge pages (2 MiB): a sparse step reads rows scattered over GBs of weights, and
+// with 4 KiB pages nearly every row start is a TLB miss. MADV_HUGEPAGE marks the range, MADV_COLLAPSE (Linux 6.1+)
+// rebuilds what is already resident. Returns 0 when both succeeded, 1 when only the first did, -1 otherwise.
+int pijax_hugepages(void* p, size_t n) {
+  const uintptr_t huge = uintptr_t(2) << 20;
+  uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1);
+  uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n) & ~(huge - 1);
+  if (hi <= lo) return -1;
+  if (madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE) != 0) return -1;
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+  return madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_COLLAPSE) == 0 ? 0 : 1;
+}
+}

@@ -1,0 +1,152 @@
+"""The two kernel operations, each with its C++ path (jax.ffi, few tokens) and its pure-JAX reference.
+
+- `linear(x, w)`: x [..., D] times the rows of w [N, D] -> [..., N], for any weight format.
+- `sparse_ffn(x, logits, up, gate, down_t, ...)`: per token, the neurons whose predictor logit >= threshold
+  (at most `capacity`, the top-scoring, as `pijax.model.sparse_ffn.select_rows`), or every neuron when
+  `logits` is None, through act(gate, up) and the down projection: y [M, D], and how many neurons each token
+  selected [M].
+
+The C++ path is taken on the CPU backend for at most `MAX_KERNEL_TOKENS` tokens when the library is available
+(see `pijax.kernels.build`); otherwise, or with `use_kernel=False`, the reference runs: dequantize to f32, dense
+products, the selection as a mask. Both compute in f32 and agree to rounding (the kernel sums in another order).
+For f32 weights `linear` uses XLA's dot unless `f32_kernel` is set: XLA already reads f32 at the bandwidth bound.
+Dimension legend: see `pijax.model.layers`; M = tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pijax.config import FfnActivation
+from pijax.kernels import build
+from pijax.kernels.formats import QuantRows, Weight, dequantize
+
+MAX_KERNEL_TOKENS = 8
+_ACT_CODES = {"silu": 0, "relu": 1, "drelu": 2}
+_NO_SCALE = np.zeros((0,), np.float32)
+_f32_kernel = False
+
+
+def _data_scale(w: Weight) -> tuple[jax.Array, jax.Array]:
+    if isinstance(w, QuantRows):
+        return w.q, w.scale
+    return w, jnp.asarray(_NO_SCALE)
+
+
+def kernel_ok(n_tokens: int, use_kernel: bool | None = None) -> bool:
+    """Whether a call on n_tokens tokens takes the C++ path (use_kernel None: when available)."""
+    if use_kernel is False or n_tokens > MAX_KERNEL_TOKENS:
+        return False
+    return build.available()
+
+
+def set_f32_kernel(on: bool) -> bool:
+    """Route f32 `linear` calls of few tokens to the C++ kernel too (default off); returns the old setting.
+    Takes effect for functions traced afterwards."""
+    global _f32_kernel
+    old, _f32_kernel = _f32_kernel, bool(on)
+    return old
+
+
+def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kernel: bool | None = None) -> jax.Array:
+    """x [..., D] @ w[N, D]^T -> [..., N] in f32 (x's dtype for f32 weights on the XLA path)."""
+    lead = x.shape[:-1]
+    m = int(np.prod(lead)) if lead else 1
+    is_f32 = not isinstance(w, QuantRows) and w.dtype == jnp.float32
+    f32_kernel = _f32_kernel if f32_kernel is None else f32_kernel
+    if (is_f32 and not f32_kernel) or not kernel_ok(m, use_kernel):
+        return jnp.einsum("...d,nd->...n", x, w if is_f32 else dequantize(w))
+    data, scale = _data_scale(w)
+    n = w.shape[0]
+    y = jax.ffi.ffi_call("pijax_rows_dot", jax.ShapeDtypeStruct((m, n), jnp.float32), vmap_method="sequential")(
+        x.reshape(m, x.shape[-1]).astype(jnp.float32), data, scale
+    )
+    return y.reshape(*lead, n)
+
+
+def sparse_ffn(
+    x_md: jax.Array,
+    logits_mf: jax.Array | None,
+    up: Weight,
+    gate: Weight | None,
+    down_t: Weight,
+    *,
+    kind: FfnActivation,
+    threshold: float = 0.0,
+    capacity: int | None = None,
+    skip_inactive: bool = True,
+    use_kernel: bool | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(y [M, D] f32, selected neurons per token [M] int32); see the module docstring.
+
+    `skip_inactive` (kernel only; the result is the same): for ReLU-family activations, skip the up and down_t
+    rows of a selected neuron whose gate product is <= 0, as its output is exactly zero."""
+    m, d = x_md.shape
+    n_ff = up.shape[0]
+    cap = n_ff if capacity is None else int(capacity)
+    if not kernel_ok(m, use_kernel):
+        return sparse_ffn_reference(x_md, logits_mf, up, gate, down_t, kind=kind, threshold=threshold, capacity=cap)
+    dense = logits_mf is None
+    act = _ACT_CODES[kind]
+    up_d, up_s = _data_scale(up)
+    down_d, down_s = _data_scale(down_t)
+    gate_d, gate_s = (up_d, jnp.asarray(_NO_SCALE)) if gate is None else _data_scale(gate)
+    logits = jnp.zeros((m, 0), jnp.float32) if dense else logits_mf.astype(jnp.float32)
+    call = jax.ffi.ffi_call(
+        "pijax_sparse_ffn",
+        (jax.ShapeDtypeStruct((m, d), jnp.float32), jax.ShapeDtypeStruct((m,), jnp.int32)),
+        vmap_method="sequential",
+    )
+    return call(
+        x_md.astype(jnp.float32),
+        logits,
+        up_d,
+        gate_d,
+        down_d,
+        up_s,
+        gate_s,
+        down_s,
+        threshold=np.float32(threshold),
+        capacity=np.int64(cap),
+        act=np.int32(act),
+        has_gate=np.int32(gate is not None),
+        dense=np.int32(dense),
+        skip=np.int32(skip_inactive),
+    )
+
+
+def sparse_ffn_reference(
+    x_md: jax.Array,
+    logits_mf: jax.Array | None,
+    up: Weight,
+    gate: Weight | None,
+    down_t: Weight,
+    *,
+    kind: FfnActivation,
+    threshold: float = 0.0,
+    capacity: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The pure-JAX `sparse_ffn`: dense products in f32, the selection applied as a mask."""
+    from pijax.model.ffn import down_project, ffn_activation
+    from pijax.model.sparse_ffn import select_rows, selection_mask
+
+    m, _ = x_md.shape
+    n_ff = up.shape[0]
+    x = x_md.astype(jnp.float32)
+    u = jnp.einsum("md,fd->mf", x, dequantize(up))
+    g = None if gate is None else jnp.einsum("md,fd->mf", x, dequantize(gate))
+    act = ffn_activation(g, u, kind)
+    if logits_mf is None:
+        keep = jnp.ones((m, n_ff), jnp.bool_)
+    else:
+        active = logits_mf >= threshold
+        cap = n_ff if capacity is None else int(capacity)
+        if cap >= n_ff:
+            keep = active
+        else:
+            idx, valid = select_rows(logits_mf, active, cap)
+            keep = selection_mask(idx, valid, n_ff)
+    y = down_project(jnp.where(keep, act, 0.0)[None], dequantize(down_t))[0]
+    return y, keep.sum(axis=-1).astype(jnp.int32)

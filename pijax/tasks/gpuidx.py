@@ -1,0 +1,120 @@
+"""task=gpuidx: build (or reuse) the `.generated.gpuidx` for a model, a budget and an index policy, and show it.
+
+    python -m pijax.run +experiment=gpuidx [index=neuron_greedy] [budget=ffn:30% | budget=12MB] [model.path=...]
+
+Profiles the model's activations on the corpus' train split (sparsity.max_tokens tokens, default 16384), plans the
+budget (pijax.index.plan_budget; relative budgets "ffn:X%" as in task=sweep), then `get_or_build_index` loads a
+valid index or rebuilds it (the log says why). The index lives next to a model given by model.path, as
+PowerInfer's does; for the shipped default model (and under smoke=true) it goes into the run folder, so the
+installed package is never written to. Prints the budget plan and the per-layer table; writes gpuidx_layers.csv
+and gpuidx_map.png (hot neurons per layer, ordered by activation count) into the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pijax.bench.session import load_bench_model, model_path, text_windows
+from pijax.bench.throughput import resolve_budget
+from pijax.results import write_results_csv
+from pijax.run_config import RunConfig
+
+SMOKE_TOKENS = 2048
+
+
+def plot_index_map(buckets: list[np.ndarray], counts: np.ndarray, path: Path, *, title: str = "") -> Path:
+    """Image of hot (bright) and cold neurons per layer, each layer's neurons sorted by descending count, with
+    the per-layer activation-frequency curve beneath it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_layer, n_ff = counts.shape
+    order = np.argsort(-counts, axis=1, kind="stable")
+    hot = np.zeros((n_layer, n_ff), bool)
+    for layer, ids in enumerate(buckets):
+        hot[layer, ids] = True
+    img = np.take_along_axis(hot, order, axis=1)
+    fig = Figure(figsize=(8, 2.2 + 0.25 * n_layer), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.imshow(img, aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_xlabel("neuron rank within its layer (most active first)")
+    ax.set_ylabel("layer")
+    ax.set_title(title or "gpuidx: hot neurons (bright) per layer")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def index_rows(buckets: list[np.ndarray], counts: np.ndarray, n_ff: int) -> list[dict[str, Any]]:
+    rows = []
+    for layer, ids in enumerate(buckets):
+        c = counts[layer]
+        rows.append(
+            {
+                "layer": layer,
+                "hot": len(ids),
+                "hot_fraction": len(ids) / n_ff,
+                "activation_share": float(c[ids].sum() / c.sum()) if c.sum() else 0.0,
+            }
+        )
+    return rows
+
+
+def run(cfg: RunConfig, out_dir: Path) -> float:
+    import jax
+
+    from pijax.index import format_index_table, get_or_build_index, plan_budget
+    from pijax.sparsity.profile import profile
+    from pijax.tracking import make_tracker
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = model_path(cfg.model.path, "")
+    bm = load_bench_model(path, cfg.model.ffn_act, jax.devices()[0])
+    model, mcfg = bm.model, bm.model.config
+    tokens = SMOKE_TOKENS if cfg.smoke else (cfg.sparsity.max_tokens or 16384)
+    stats = profile(model, text_windows(model, cfg.corpus, "train", 128, tokens), mode="relu")
+    preds = model.checkpoint.weights.predictors
+    kw: dict[str, Any] = {
+        "weight_dtype": np.dtype(model.module.dtype).name,
+        "predictor_ranks": [p.rank for p in preds] if preds else None,
+        "rounding": "powerinfer" if cfg.index.powerinfer_compat else "exact",
+    }
+    budget = resolve_budget(cfg.budget, mcfg, **kw)
+    plan = plan_budget(mcfg, budget, allow_all_cold=cfg.index.allow_all_cold, **kw)
+    index_cfg = cfg.index
+    if not index_cfg.path and (cfg.smoke or not cfg.model.path or not os.access(path.parent, os.W_OK)):
+        index_cfg = dataclasses.replace(index_cfg, path=str(out_dir / f"{path.name}.generated.gpuidx"))
+    index, where, reason = get_or_build_index(
+        model.checkpoint.gguf, mcfg, stats, plan, index_cfg, predictor_ranks=kw["predictor_ranks"]
+    )
+    print(plan.summary())
+    if index is None:
+        print(f"\ngpuidx {reason}: no FFN split")
+        return 0.0
+    print(f"\ngpuidx {where}: {reason}\npolicy {cfg.index.policy}, budget {cfg.budget} = {plan.budget_bytes:,d} B")
+    print(format_index_table(index, stats))
+    rows = index_rows(index.buckets, stats.counts, mcfg.n_ff)
+    csv_path = out_dir / "gpuidx_layers.csv"
+    csv_path.unlink(missing_ok=True)
+    write_results_csv(csv_path, rows)
+    png = plot_index_map(
+        index.buckets,
+        stats.counts,
+        out_dir / "gpuidx_map.png",
+        title=f"{bm.name}: {cfg.index.policy} at {cfg.budget or 'ffn:100%'} ({index.total_hot:,d} hot neurons)",
+    )
+    share = float(sum(stats.counts[i, b].sum() for i, b in enumerate(index.buckets)) / max(stats.counts.sum(), 1))
+    with make_tracker(cfg.logger, out_dir, f"gpuidx-{bm.name}-{cfg.index.policy}", dataclasses.asdict(cfg)) as tr:
+        tr.log_table("gpuidx_layers", list(rows[0]), [list(r.values()) for r in rows])
+        tr.log_metrics({"hot_neurons": index.total_hot, "activation_share": share, "budget_bytes": plan.budget_bytes})
+        tr.log_image("gpuidx_map", png)
+    print(f"\nhot share of profiled activations {100 * share:.1f}%\nwrote {csv_path}, {png}")
+    return share
