@@ -38,6 +38,13 @@ class Corpus:
         head, tail = self.docs[:-n_held], self.docs[-n_held:]
         return dataclasses.replace(self, docs=head), dataclasses.replace(self, docs=tail)
 
+    def windows(self, tokenizer: Tokenizer, seq_len: int, max_tokens: int | None = None) -> np.ndarray:
+        """`token_windows` over this corpus's documents; a too-short corpus is reported against its file."""
+        try:
+            return token_windows(tokenizer, self.docs, seq_len, max_tokens=max_tokens)
+        except DataError as e:
+            raise DataError(e.problem, e.path or self.path) from None
+
 
 def load_corpus(path: str | os.PathLike[str] | None = None) -> Corpus:
     """Read and validate a UTF-8 text corpus (default: the TinyStories text shipped with pijax)."""

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+def module_logits_fn(module: Any) -> LogitsFn:
+    """A jitted full-sequence logits function over an NNX module's current weights."""
+    gd, st = nnx.split(module)
+    return jax.jit(lambda t: nnx.merge(gd, st)(t))
 
 
 def _batches(windows: np.ndarray, batch_size: int, desc: str, progress: bool):

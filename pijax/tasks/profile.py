@@ -13,14 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-from flax import nnx
-
 from pijax.api import Model, load_model
-from pijax.corpus import Corpus, load_corpus, token_windows
-from pijax.errors import DataError
-from pijax.eval import compare
+from pijax.corpus import Corpus, load_corpus
+from pijax.eval import compare, module_logits_fn
 from pijax.model.sparse_ffn import densify, sparsify
 from pijax.results import format_table, write_results_csv
 from pijax.run_config import RunConfig
@@ -40,18 +35,6 @@ class ProfileReport:
     files: dict[str, Path]
 
 
-def _windows(model: Model, corpus: Corpus, seq_len: int, max_tokens: int | None) -> np.ndarray:
-    try:
-        return token_windows(model.tokenizer, corpus.docs, seq_len, max_tokens=max_tokens)
-    except DataError as e:
-        raise DataError(e.problem, e.path or corpus.path) from None
-
-
-def _logits_fn(model: Model) -> Any:
-    gd, st = nnx.split(model.module)
-    return jax.jit(lambda t: nnx.merge(gd, st)(t))
-
-
 def resolve_mode(cfg: ProfileConfig, model: Model) -> str:
     if cfg.mode in ("relu", "threshold"):
         return cfg.mode
@@ -68,7 +51,7 @@ def profile_corpus(
     train = corpus
     if cfg.held_out > 0 and len(corpus.docs) >= 2:
         train, held = corpus.split(cfg.held_out)
-    w_train = _windows(model, train, cfg.seq_len, cfg.max_tokens)
+    w_train = train.windows(model.tokenizer, cfg.seq_len, cfg.max_tokens)
     thresholds = None
     if mode == "threshold":
         n_cal = None if cfg.calibration_tokens is None else max(1, cfg.calibration_tokens // cfg.seq_len)
@@ -102,7 +85,7 @@ def profile_corpus(
     if mode == "threshold":
         totals["target_sparsity"] = cfg.target_sparsity
     if held is not None:
-        w_held = _windows(model, held, cfg.seq_len, cfg.eval_tokens)
+        w_held = held.windows(model.tokenizer, cfg.seq_len, cfg.eval_tokens)
         held_stats = profile(
             model, w_held, mode=mode, thresholds=thresholds, batch_size=cfg.batch_size, progress=progress
         )
@@ -111,10 +94,12 @@ def profile_corpus(
         totals["held_out_tokens"] = held_stats.n_tokens
         totals["held_out_sparsity"] = float(held_stats.sparsity().mean())
         if mode == "threshold":
-            dense_fn = _logits_fn(model)
+            dense_fn = module_logits_fn(model.module)
             sparsify(model, mode="threshold", act_thresholds=thresholds)
             try:
-                agree = compare(dense_fn, _logits_fn(model), w_held, batch_size=cfg.batch_size, progress=progress)
+                agree = compare(
+                    dense_fn, module_logits_fn(model.module), w_held, batch_size=cfg.batch_size, progress=progress
+                )
             finally:
                 densify(model)
             totals |= {

@@ -16,14 +16,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
 from pijax.api import Model, load_model
-from pijax.corpus import Corpus, load_corpus, token_windows
-from pijax.errors import DataError
-from pijax.eval import Agreement, compare
+from pijax.corpus import Corpus, load_corpus
+from pijax.eval import Agreement, compare, module_logits_fn
 from pijax.paths import ASSETS
 from pijax.results import format_table, write_results_csv
 from pijax.run_config import RunConfig
@@ -69,18 +67,6 @@ class PredictorReport:
     files: dict[str, Path]
 
 
-def _windows(model: Model, corpus: Corpus, seq_len: int, max_tokens: int | None) -> np.ndarray:
-    try:
-        return token_windows(model.tokenizer, corpus.docs, seq_len, max_tokens=max_tokens)
-    except DataError as e:
-        raise DataError(e.problem, e.path or corpus.path) from None
-
-
-def _logits_fn(model: Model) -> Any:
-    gd, st = nnx.split(model.module)
-    return jax.jit(lambda t: nnx.merge(gd, st)(t))
-
-
 def _act_thresholds(model: Model, windows: np.ndarray, target: float, progress: bool) -> tuple[str, Any]:
     """relu mode for ReLU-family models; SiLU models get per-layer |act| thresholds (CATS/TEAL style)."""
     if model.config.ffn_act != "silu":
@@ -99,8 +85,8 @@ def train_and_evaluate(
 
     out_dir = Path(out_dir)
     train, held = corpus.split(pc.held_out)
-    w_train = _windows(model, train, pc.seq_len, None)
-    w_held = _windows(model, held, pc.seq_len, pc.eval_tokens)
+    w_train = train.windows(model.tokenizer, pc.seq_len, None)
+    w_held = held.windows(model.tokenizer, pc.seq_len, pc.eval_tokens)
     mode, act_thr = _act_thresholds(model, w_train[: max(1, 200_000 // pc.seq_len)], target_sparsity, progress)
 
     pairs, _ = collect_pairs(
@@ -122,10 +108,10 @@ def train_and_evaluate(
     )
     agreement = None
     if pc.sparse_eval:
-        dense_fn = _logits_fn(model)
+        dense_fn = module_logits_fn(model.module)
         sparsify(model, mode="predictor", capacities=trained.capacities, predictors=folded, pred_threshold=g)
         try:
-            agreement = compare(dense_fn, _logits_fn(model), w_held, progress=progress)
+            agreement = compare(dense_fn, module_logits_fn(model.module), w_held, progress=progress)
         finally:
             densify(model)
 
