@@ -20,9 +20,13 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 def module_logits_fn(module: Any) -> LogitsFn:
-    """A jitted full-sequence logits function over an NNX module's current weights."""
+    """A jitted full-sequence logits function over an NNX module's current weights.
+
+    The weights are an argument of the compiled function, not constants baked into it (at 1B scale constants
+    would copy gigabytes into the program)."""
     gd, st = nnx.split(module)
-    return jax.jit(lambda t: nnx.merge(gd, st)(t))
+    fn = jax.jit(lambda st, t: nnx.merge(gd, st)(t))
+    return lambda t: fn(st, t)
 
 
 def _batches(windows: np.ndarray, batch_size: int, desc: str, progress: bool):

@@ -7,6 +7,7 @@ wider header (older rows get empty cells) instead of misaligning it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -30,7 +31,10 @@ def read_results_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError("results file does not exist", path)
-    with _lock(path), open(path, newline="") as f:
+    # Readers join the writers' lock only where writers have been, so that reading shipped results (notebooks,
+    # plots) leaves no lock file behind in a read-mostly folder.
+    lock = _lock(path) if Path(str(path) + ".lock").exists() else contextlib.nullcontext()
+    with lock, open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 

@@ -105,6 +105,7 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
     csv_path = out_dir / "gpuidx_layers.csv"
     csv_path.unlink(missing_ok=True)
     write_results_csv(csv_path, rows)
+    Path(str(csv_path) + ".lock").unlink(missing_ok=True)  # a fresh file of this run only
     png = plot_index_map(
         index.buckets,
         stats.counts,
