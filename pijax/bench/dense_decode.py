@@ -1,8 +1,8 @@
 """Benchmark: dense f32 decode tokens/s against the memory-bandwidth bound (not a test).
 
 Measures, in one process: decode tokens/s of stories260K and of a randomly initialised TinyLlama-1.1B-shape
-model, and the read bandwidth (the faster of a jitted XLA sum and numpy's single-thread sum over a 1.2 GB f32
-array), re-measured right before every decode repeat because the machine is shared. Bound = bandwidth / weight bytes
+model, and the read bandwidth (the fastest of three readers of a 1.2 GB f32 array, see BandwidthProbe),
+re-measured right before every decode repeat because the machine is shared. Bound = bandwidth / weight bytes
 read per token (every weight but the embedding table, of which one row is read); ratio = tok/s / bound per
 repeat. Medians over repeats, after a warm-up run.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -71,19 +72,30 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 class BandwidthProbe:
-    """Read bandwidth over one large f32 array: the faster of a jitted XLA sum (all threads, as decode uses) and
-    numpy's single-thread sum, the latter being the steadier one when another process holds a core."""
+    """Read bandwidth over one large f32 array, the fastest of three readers: a jitted XLA sum and an XLA
+    matrix-vector product over it viewed as [N/2048, 2048] (both threads, as decode uses), and numpy's
+    single-thread sum (the steadier one when another process holds a core)."""
+
+    ROW = 2048
 
     def __init__(self, gbytes: float = 1.2):
-        self.arr = jnp.ones((int(gbytes * 1e9) // 4,), jnp.float32)
+        n = int(gbytes * 1e9) // 4 // self.ROW * self.ROW
+        self.arr = jnp.ones((n,), jnp.float32)
         self.host = np.asarray(self.arr)  # a zero-copy view on CPU
-        self._sum = jax.jit(jnp.sum)
+        vec = jnp.ones((self.ROW,), jnp.float32)
+        self._readers: dict[str, Callable[[], object]] = {
+            "jax_sum": functools.partial(jax.jit(jnp.sum), self.arr),
+            "jax_matvec": functools.partial(jax.jit(lambda a, v: a.reshape(-1, self.ROW) @ v), self.arr, vec),
+        }
 
     def measure_each(self, repeats: int = 5) -> dict[str, float]:
         """Bytes/s of each reader, the median of `repeats` full reads."""
-        t_jax = _median_time(lambda: self._sum(self.arr).block_until_ready(), repeats)
-        t_np = _median_time(self.host.sum, repeats)
-        return {"jax": self.arr.nbytes / t_jax, "numpy": self.host.nbytes / t_np}
+        out = {
+            name: self.arr.nbytes / _median_time(lambda f=fn: f().block_until_ready(), repeats)
+            for name, fn in self._readers.items()
+        }
+        out["numpy_sum"] = self.host.nbytes / _median_time(self.host.sum, repeats)
+        return out
 
     def measure(self, repeats: int = 5) -> float:
         return max(self.measure_each(repeats).values())
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     load_before = os.getloadavg()
     probe = BandwidthProbe()
     bw0 = probe.measure_each()
-    print(f"read bandwidth: jax sum {bw0['jax'] / 1e9:.1f} GB/s, numpy sum (1 thread) {bw0['numpy'] / 1e9:.1f} GB/s")
+    print("read bandwidth at start: " + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw0.items()))
     results = []
     ckpt = load_checkpoint(STORIES260K)
     small = Llama(ckpt.config, ckpt.weights, rngs=nnx.Rngs(0))
