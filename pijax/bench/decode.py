@@ -401,13 +401,20 @@ def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (XLA FFN)")
         results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
-        use_kernels(llama, "f32")
+        use_kernels(llama, "f32", skip_inactive=False)
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (kernel FFN)")
         results["pijax_dense_f32_kernel"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
         if "profile" in parts:
             results["profile_dense_f32_kernel"] = profile_step(llama, prompt, r["n_cache"])
             print(f"  profile: {json.dumps({k: round(v, 2) for k, v in results['profile_dense_f32_kernel'].items()})}")
+        # Exact, no predictor: every neuron's gate product is computed, and up/down_t rows are read only where
+        # relu(gate) > 0. Not a dense baseline (it reads ~40% of the FFN bytes on a 10%-active ReLU model).
+        for b in llama.layers:
+            b.ffn.skip_inactive = True
+        r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax exact zero-skip f32 (no predictor)")
+        results["pijax_zeroskip_f32"] = r
+        _report(r)
         _drop(llama)
 
     sparse_fmts = (["f32"] if parts & {"sparse", "sweep", "profile"} else []) + (

@@ -8,7 +8,6 @@ fails here with one line, not later inside a jitted function.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import TensorError, UnsupportedModelError
+from pijax.io.fingerprint import model_fingerprint
 from pijax.io.gguf import GGUFFile, Meta, read_gguf, write_gguf
 from pijax.io.weights import LayerWeights, LlamaWeights, PredictorWeights
 
@@ -108,17 +108,6 @@ def _checked(f: GGUFFile, name: str, shape: tuple[int, ...], dtype: np.typing.DT
     return f.array(name, dtype)
 
 
-def fingerprint_gguf(f: GGUFFile, sample_bytes: int = 4096) -> str:
-    """A cheap model identity: tensor names, types, shapes, and a few bytes of each tensor (not a full hash)."""
-    h = hashlib.sha256()
-    for info in f.tensors.values():
-        h.update(f"{info.name}|{info.ggml_type}|{info.shape}|".encode())
-        raw = f._mmap[info.offset : info.offset + info.nbytes]
-        h.update(raw[:sample_bytes].tobytes())
-        h.update(raw[-sample_bytes:].tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -163,7 +152,7 @@ def load_checkpoint(
         predictors=_load_predictors(f, cfg, dtype),
         sparse_threshold=float(f.metadata.get(THRESHOLD_KEY, 0.0)),
     )
-    return Checkpoint(cfg, weights, f, fingerprint_gguf(f))
+    return Checkpoint(cfg, weights, f, model_fingerprint(f))
 
 
 def _load_predictors(f: GGUFFile, cfg: ModelConfig, dtype: np.typing.DTypeLike) -> list[PredictorWeights] | None:
