@@ -219,27 +219,36 @@ inline __m512 load16(const void* base, int64_t i) {
 }
 #endif
 
-// dot(row r_k of w, x) for K rows at once (independent accumulator chains), unscaled.
+// dot(row r_k of w, x) for K rows at once (independent accumulator chains), unscaled. While it streams its K
+// rows it prefetches the `n_next` rows it will read next (the next row group, or the next gathered rows) at the
+// same offset, one cache line per line read: a 2-8 KB row is too short for the hardware prefetcher to ramp up
+// inside it, so without this each row starts with a run of full-latency misses.
 template <Fmt F, int K>
-inline void dot_rows(const void* const* rows, const float* x, int64_t d, float* out) {
+inline void dot_rows(const void* const* rows, const float* x, int64_t d, float* out,
+                     const void* const* next = nullptr, int n_next = 0) {
   int64_t i = 0;
 #if PIJAX_AVX512
+  constexpr int64_t kStep = 64 / (16 * elem_bytes<F>()) > 0 ? 64 / (16 * elem_bytes<F>()) : 1;
   __m512 acc[K];
   for (int k = 0; k < K; ++k) acc[k] = _mm512_setzero_ps();
   for (; i + 16 <= d; i += 16) {
+    if (((i / 16) % kStep) == 0)
+      for (int k = 0; k < n_next; ++k) __builtin_prefetch(static_cast<const char*>(next[k]) + i * elem_bytes<F>(), 0, 3);
     __m512 xv = _mm512_loadu_ps(x + i);
     for (int k = 0; k < K; ++k) acc[k] = _mm512_fmadd_ps(load16<F>(rows[k], i), xv, acc[k]);
   }
   for (int k = 0; k < K; ++k) out[k] = _mm512_reduce_add_ps(acc[k]);
 #else
+  (void)next;
+  (void)n_next;
   for (int k = 0; k < K; ++k) out[k] = 0.0f;
 #endif
   for (; i < d; ++i)
     for (int k = 0; k < K; ++k) out[k] += elem<F>(rows[k], i) * x[i];
 }
 
-// Gathered rows start at unpredictable addresses, and the hardware prefetcher only ramps up after a few misses
-// inside each row: ask for the head of a row we will read soon.
+// Where no streaming prefetch (dot_rows, axpy_row) covered a row we are about to read (the first rows of a
+// phase), ask for its head.
 int64_t g_prefetch_bytes = 512;
 
 template <Fmt F>
@@ -249,16 +258,29 @@ inline void prefetch_head(const void* w, int32_t row, int64_t d) {
   for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o, 0, 1);
 }
 
-// acc += a * row
-template <Fmt F>
-inline void axpy_row(float* acc, float a, const void* row, int64_t d) {
+// acc += sum_k a[k] * row_k, prefetching the `n_next` rows read after these at the same offset. The terms are
+// added to each element in k order, as K separate row updates would.
+template <Fmt F, int K>
+inline void axpy_rows(float* acc, const float* a, const void* const* rows, int64_t d, const void* const* next,
+                      int n_next) {
   int64_t i = 0;
 #if PIJAX_AVX512
-  __m512 av = _mm512_set1_ps(a);
-  for (; i + 16 <= d; i += 16)
-    _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(load16<F>(row, i), av, _mm512_loadu_ps(acc + i)));
+  constexpr int64_t kStep = 64 / (16 * elem_bytes<F>()) > 0 ? 64 / (16 * elem_bytes<F>()) : 1;
+  __m512 av[K];
+  for (int k = 0; k < K; ++k) av[k] = _mm512_set1_ps(a[k]);
+  for (; i + 16 <= d; i += 16) {
+    if (((i / 16) % kStep) == 0)
+      for (int k = 0; k < n_next; ++k) __builtin_prefetch(static_cast<const char*>(next[k]) + i * elem_bytes<F>(), 0, 3);
+    __m512 s = _mm512_loadu_ps(acc + i);
+    for (int k = 0; k < K; ++k) s = _mm512_fmadd_ps(load16<F>(rows[k], i), av[k], s);
+    _mm512_storeu_ps(acc + i, s);
+  }
+#else
+  (void)next;
+  (void)n_next;
 #endif
-  for (; i < d; ++i) acc[i] += a * elem<F>(row, i);
+  for (; i < d; ++i)
+    for (int k = 0; k < K; ++k) acc[i] += a[k] * elem<F>(rows[k], i);
 }
 
 // ---------------------------------------------------------------- rows_dot: y[m, n] = scale[n] * <w[n], x[m]>
@@ -273,8 +295,11 @@ void rows_dot_range(const float* x, int64_t m_tokens, int64_t d, const void* w, 
     int64_t r = r0;
     for (; r + K <= r1; r += K) {
       const void* rows[K];
+      const void* next[K];
+      int n_next = 0;
       for (int k = 0; k < K; ++k) rows[k] = row_ptr<F>(w, r + k, d);
-      dot_rows<F, K>(rows, xm, d, ym + r);
+      for (int64_t q = r + 2 * K; q < std::min(r1, r + 3 * K); ++q) next[n_next++] = row_ptr<F>(w, q, d);
+      dot_rows<F, K>(rows, xm, d, ym + r, next, n_next);
     }
     for (; r < r1; ++r) {
       const void* rows[1] = {row_ptr<F>(w, r, d)};
@@ -377,6 +402,9 @@ struct FfnArgs {
 };
 
 // The "first" product decides for ReLU kinds whether a row contributes at all: gate, or up without a gate.
+// Without zero-skipping (SiLU, or skip off) the gate and up rows of a neuron are read in one pass; the down_t
+// rows are added K at a time (one load and store of the accumulator per K rows, K streams in flight). Every
+// row's products are summed in the same order either way, so the result does not depend on these choices.
 template <Fmt F>
 void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc) {
   constexpr int B = 32, K = 4;
@@ -384,23 +412,55 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
   const void* first = has_gate ? a.gate : a.up;
   const float* s_first = has_gate ? a.s_gate : a.s_up;
   const bool skip_first = a.skip && a.act != kSilu;
-  float v1[B], v2[B];
-  int32_t keep[B];
+  const bool fused = has_gate && !skip_first;
+  float v1[B], v2[B], coef[B];
+  int32_t keep[B], live[B];
   for (int64_t b0 = 0; b0 < n_rows; b0 += B) {
     const int64_t nb = std::min<int64_t>(B, n_rows - b0);
     const int32_t* rb = rows + b0;
     int64_t j = 0;
-    for (; j + K <= nb; j += K) {
-      const void* p[K];
-      for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(first, rb[j + k], a.d);
-      for (int64_t k = b0 + j + K; k < std::min(n_rows, b0 + j + 2 * K); ++k) prefetch_head<F>(first, rows[k], a.d);
-      dot_rows<F, K>(p, a.x, a.d, v1 + j);
+    if (fused) {
+      for (; j + K <= nb; j += K) {
+        const void* p[2 * K];
+        const void* nx[2 * K];
+        float o[2 * K];
+        int n_next = 0;
+        for (int k = 0; k < K; ++k) {
+          p[k] = row_ptr<F>(a.gate, rb[j + k], a.d);
+          p[K + k] = row_ptr<F>(a.up, rb[j + k], a.d);
+        }
+        for (int64_t k = b0 + j + K; k < std::min(n_rows, b0 + j + 2 * K); ++k) {
+          nx[n_next++] = row_ptr<F>(a.gate, rows[k], a.d);
+          nx[n_next++] = row_ptr<F>(a.up, rows[k], a.d);
+        }
+        dot_rows<F, 2 * K>(p, a.x, a.d, o, nx, n_next);
+        for (int k = 0; k < K; ++k) {
+          v1[j + k] = o[k];
+          v2[j + k] = o[K + k];
+        }
+      }
+      for (; j < nb; ++j) {
+        const void* p[2] = {row_ptr<F>(a.gate, rb[j], a.d), row_ptr<F>(a.up, rb[j], a.d)};
+        float o[2];
+        dot_rows<F, 2>(p, a.x, a.d, o);
+        v1[j] = o[0];
+        v2[j] = o[1];
+      }
+    } else {
+      for (; j + K <= nb; j += K) {
+        const void* p[K];
+        const void* nx[K];
+        int n_next = 0;
+        for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(first, rb[j + k], a.d);
+        for (int64_t k = b0 + j + K; k < std::min(n_rows, b0 + j + 2 * K); ++k) nx[n_next++] = row_ptr<F>(first, rows[k], a.d);
+        dot_rows<F, K>(p, a.x, a.d, v1 + j, nx, n_next);
+      }
+      for (; j < nb; ++j) {
+        const void* p[1] = {row_ptr<F>(first, rb[j], a.d)};
+        dot_rows<F, 1>(p, a.x, a.d, v1 + j);
+      }
     }
-    for (; j < nb; ++j) {
-      const void* p[1] = {row_ptr<F>(first, rb[j], a.d)};
-      dot_rows<F, 1>(p, a.x, a.d, v1 + j);
-    }
-    int nk = 0;
+    int nk = 0;  // compaction keeps v2 aligned when fused: nothing is dropped then
     for (int64_t q = 0; q < nb; ++q) {
       if (s_first) v1[q] *= s_first[rb[q]];
       if (!skip_first || v1[q] > 0.0f) {
@@ -408,22 +468,25 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
         keep[nk++] = rb[q];
       }
     }
-    if (has_gate) {  // the up products of the rows still alive
+    if (has_gate && !fused) {  // the up products of the rows still alive
+      for (int k = 0; k < std::min(nk, K); ++k) prefetch_head<F>(a.up, keep[k], a.d);
       int q = 0;
       for (; q + K <= nk; q += K) {
         const void* p[K];
+        const void* nx[K];
+        int n_next = 0;
         for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(a.up, keep[q + k], a.d);
-        for (int k = q + K; k < std::min(nk, q + 2 * K); ++k) prefetch_head<F>(a.up, keep[k], a.d);
-        dot_rows<F, K>(p, a.x, a.d, v2 + q);
+        for (int k = q + K; k < std::min(nk, q + 2 * K); ++k) nx[n_next++] = row_ptr<F>(a.up, keep[k], a.d);
+        dot_rows<F, K>(p, a.x, a.d, v2 + q, nx, n_next);
       }
       for (; q < nk; ++q) {
         const void* p[1] = {row_ptr<F>(a.up, keep[q], a.d)};
         dot_rows<F, 1>(p, a.x, a.d, v2 + q);
       }
     }
+    int nl = 0;  // the rows with a nonzero output (all of them without skipping), and their coefficients
     for (int q = 0; q < nk; ++q) {
       const int32_t r = keep[q];
-      if (q + 1 < nk) prefetch_head<F>(a.down, keep[q + 1], a.d);
       float out;
       if (has_gate) {
         float u = a.s_up ? v2[q] * a.s_up[r] : v2[q];
@@ -433,8 +496,22 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
         out = a.act == kSilu ? silu(v1[q]) : std::max(v1[q], 0.0f);
       }
       if (out == 0.0f && a.skip) continue;
-      if (a.s_down) out *= a.s_down[r];
-      axpy_row<F>(acc, out, row_ptr<F>(a.down, r, a.d), a.d);
+      coef[nl] = a.s_down ? out * a.s_down[r] : out;
+      live[nl++] = r;
+    }
+    if (nl > 0) prefetch_head<F>(a.down, live[0], a.d);
+    int q = 0;
+    for (; q + K <= nl; q += K) {
+      const void* p[K];
+      const void* nx[K];
+      int n_next = 0;
+      for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(a.down, live[q + k], a.d);
+      for (int k = q + K; k < std::min(nl, q + 2 * K); ++k) nx[n_next++] = row_ptr<F>(a.down, live[k], a.d);
+      axpy_rows<F, K>(acc, coef + q, p, a.d, nx, n_next);
+    }
+    for (; q < nl; ++q) {
+      const void* p[1] = {row_ptr<F>(a.down, live[q], a.d)};
+      axpy_rows<F, 1>(acc, coef + q, p, a.d, nullptr, 0);
     }
   }
 }

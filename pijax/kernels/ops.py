@@ -9,7 +9,7 @@
 The C++ path is taken on the CPU backend for at most `MAX_KERNEL_TOKENS` tokens when the library is available
 (see `pijax.kernels.build`); otherwise, or with `use_kernel=False`, the reference runs: dequantize to f32, dense
 products, the selection as a mask. Both compute in f32 and agree to rounding (the kernel sums in another order).
-For f32 weights `linear` uses XLA's dot unless `f32_kernel` is set: XLA already reads f32 at the bandwidth bound.
+For f32 weights `linear` takes the kernel for large matrices on a single CPU device (see `set_f32_kernel`).
 Dimension legend: see `pijax.model.layers`; M = tokens.
 """
 
@@ -24,9 +24,13 @@ from pijax.kernels import build
 from pijax.kernels.formats import QuantRows, Weight, dequantize
 
 MAX_KERNEL_TOKENS = 8
+# f32 matrices at least this large (elements) go through the kernel by default: on a chain of a decode step's
+# matvecs it reads f32 ~15% faster than XLA's dot (experiments/bench/README.md); below it XLA's inline dot
+# avoids the custom call's fixed cost.
+F32_KERNEL_MIN_ELEMENTS = 1 << 18
 _ACT_CODES = {"silu": 0, "relu": 1, "drelu": 2}
 _NO_SCALE = np.zeros((0,), np.float32)
-_f32_kernel = False
+_f32_kernel: bool | None = None
 
 
 def _data_scale(w: Weight) -> tuple[jax.Array, jax.Array]:
@@ -42,12 +46,21 @@ def kernel_ok(n_tokens: int, use_kernel: bool | None = None) -> bool:
     return build.available()
 
 
-def set_f32_kernel(on: bool) -> bool:
-    """Route f32 `linear` calls of few tokens to the C++ kernel too (default off); returns the old setting.
-    Takes effect for functions traced afterwards."""
+def set_f32_kernel(on: bool | None) -> bool | None:
+    """Route f32 `linear` calls of few tokens to the C++ kernel always (True), never (False), or, by default
+    (None), for matrices of at least F32_KERNEL_MIN_ELEMENTS when jax sees a single device (a custom call cannot
+    be partitioned, so sharded layouts keep XLA's dot). Returns the old setting; takes effect for functions
+    traced afterwards."""
     global _f32_kernel
-    old, _f32_kernel = _f32_kernel, bool(on)
+    old, _f32_kernel = _f32_kernel, on
     return old
+
+
+def _f32_via_kernel(w: jax.Array, f32_kernel: bool | None) -> bool:
+    choice = _f32_kernel if f32_kernel is None else f32_kernel
+    if choice is None:
+        return w.size >= F32_KERNEL_MIN_ELEMENTS and jax.device_count() == 1
+    return choice
 
 
 def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kernel: bool | None = None) -> jax.Array:
@@ -55,8 +68,7 @@ def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kerne
     lead = x.shape[:-1]
     m = int(np.prod(lead)) if lead else 1
     is_f32 = not isinstance(w, QuantRows) and w.dtype == jnp.float32
-    f32_kernel = _f32_kernel if f32_kernel is None else f32_kernel
-    if (is_f32 and not f32_kernel) or not kernel_ok(m, use_kernel):
+    if (is_f32 and not _f32_via_kernel(w, f32_kernel)) or not kernel_ok(m, use_kernel):
         return jnp.einsum("...d,nd->...n", x, w if is_f32 else dequantize(w))
     data, scale = _data_scale(w)
     n = w.shape[0]
