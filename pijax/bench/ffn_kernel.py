@@ -8,7 +8,8 @@ read between calls so that the weights come from DRAM as they do in a decode ste
 enough to hold a whole f32 layer). The predictor threshold is set to select `active` (10%) of the neurons over
 these inputs. Cases per format: dense (every neuron through the kernel; for f32 also XLA's DenseFFN), sparse
 (the predictor in the same format + selection + rows, as in decoding), rows (selection + rows, given the
-predictor's logits: the FFN alone). `python -m pijax.bench.ffn_kernel`.
+predictor's logits: the FFN alone) and, for f32/f16, sparse with the predictor alone stored in int8 (its
+selection's overlap with the f32 predictor's is reported). `python -m pijax.bench.ffn_kernel`.
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ def run(
             f"sparse {fmt}": (jax.jit(sparse), "xh"),
             f"rows {fmt}": (jax.jit(rows), "xl"),
         }
+        if fmt != "int8":
+            # The predictor is a separate small model: stored in int8 (per-row scales) it reads a quarter of the
+            # bytes while the FFN rows stay in `fmt`.
+            w8 = w | {n: to_format(w32[n], "int8") for n in ("fc1", "fc2")}
+            fns[f"sparse {fmt} (int8 predictor)"] = (jax.jit(lambda x, h, w=w8: sparse(x, h, w)), "xh")
         if fmt == "f32":
             from pijax.model.ffn import down_project, ffn_activation
 
@@ -133,11 +139,15 @@ def run(
         del w, fns
         gc.collect()
     n_ff = w32["ffn_up"].shape[0]
+    q8 = {n: to_format(w32[n], "int8") for n in ("fc1", "fc2")}
+    logits8 = np.asarray(linear(jax.nn.relu(linear(jnp.asarray(inp["ffn_in"]), q8["fc1"])), q8["fc2"]))
+    sel32, sel8 = logits32 >= thr, logits8 >= thr
+    overlap = float(np.mean((sel32 & sel8).sum(1) / np.maximum((sel32 | sel8).sum(1), 1)))
     speedups = []
     for fmt in formats:
         dense_names = [f"dense {fmt}"] + (["dense f32 (XLA DenseFFN)"] if fmt == "f32" else [])
         best_dense = min(dense_names, key=lambda n: cases[n]["median"])
-        for sparse_name in (f"sparse {fmt}", f"rows {fmt}"):
+        for sparse_name in [n for n in cases if n.split(" ")[:2] in (["sparse", fmt], ["rows", fmt])]:
             d, s = cases[best_dense], cases[sparse_name]
             speedups.append(
                 {
@@ -156,6 +166,7 @@ def run(
             for k, v in cases.items()
         },
         "speedups": speedups,
+        "int8_predictor_jaccard": overlap,
         "repeats": repeats,
         "threads": threads,
     }
@@ -171,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     from pijax.bench.synth import ensure_synth_model
 
     res = run(ensure_synth_model("llama2-7b", n_layer=a.layers), repeats=a.repeats, threads=a.threads)
-    print(f"selected fraction {res['selected_fraction']:.3f}")
+    print(f"selected fraction {res['selected_fraction']:.3f}; int8 predictor selects the same neurons as the f32 one: ")
+    print(f"Jaccard {res['int8_predictor_jaccard']:.3f}")
     for k, v in res["cases_ms"].items():
         print(f"{k:28s} {v['median']:8.3f} ms  [{v['min']:.3f}, {v['max']:.3f}]")
     for s in res["speedups"]:

@@ -429,7 +429,7 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
           p[k] = row_ptr<F>(a.gate, rb[j + k], a.d);
           p[K + k] = row_ptr<F>(a.up, rb[j + k], a.d);
         }
-        for (int64_t k = b0 + j + K; k < std::min(n_rows, b0 + j + 2 * K); ++k) {
+        for (int64_t k = b0 + j + 2 * K; k < std::min(n_rows, b0 + j + 3 * K); ++k) {
           nx[n_next++] = row_ptr<F>(a.gate, rows[k], a.d);
           nx[n_next++] = row_ptr<F>(a.up, rows[k], a.d);
         }
@@ -452,7 +452,7 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
         const void* nx[K];
         int n_next = 0;
         for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(first, rb[j + k], a.d);
-        for (int64_t k = b0 + j + K; k < std::min(n_rows, b0 + j + 2 * K); ++k) nx[n_next++] = row_ptr<F>(first, rows[k], a.d);
+        for (int64_t k = b0 + j + 2 * K; k < std::min(n_rows, b0 + j + 3 * K); ++k) nx[n_next++] = row_ptr<F>(first, rows[k], a.d);
         dot_rows<F, K>(p, a.x, a.d, v1 + j, nx, n_next);
       }
       for (; j < nb; ++j) {
