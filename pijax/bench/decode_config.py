@@ -25,7 +25,7 @@ class BenchConfig:
     lowp_formats: low-precision weight formats tried for target 3 (the best is reported).
     sweep_fractions: predicted-active fractions for the scaling plot, per format in `sweep_formats`.
     probe_gb: size of the read-bandwidth probe's array; it must exceed the L3 cache (480 MB on this machine).
-    out_dir: results (JSON, CSV, PNG, targets.md); "" means experiments/bench (smoke: the run folder).
+    out_dir: results (JSON, CSV, PNG, targets.md); "" means experiments/bench (smoke: always the run folder).
     """
 
     preset: str = "tinyllama-1.1b"
