@@ -35,7 +35,8 @@ def run(pwri: Path, cfg: BenchConfig, probe: BandwidthProbe | None, prompt: list
     engines = [("pijax dense f32", "f32", False), ("pijax sparse f32", "f32", True)]
     engines += [(f"pijax sparse {fmt}", fmt, True) for fmt in cfg.lowp_formats]
     for name, fmt, sparse in engines:
-        llama = load_llama(pwri, fmt, use_predictors=sparse)
+        # The dense point reads every row (no zero-skipping), as llama.cpp does.
+        llama = load_llama(pwri, fmt, use_predictors=sparse, skip_inactive=sparse)
         r = measure_pijax(llama, prompt, cfg.sweep_new, cfg.repeats, probe, f"7B stack: {name}")
         prof = profile_step(llama, prompt, r["n_cache"])
         head_ms = prof["head ms"]

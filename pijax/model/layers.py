@@ -138,12 +138,12 @@ class Attention(nnx.Module):
         q = q.reshape(b, t, kv, g, e)
         scale = 1.0 / np.sqrt(e)
         if t == 1 and cache is not None:
-            # One query against the cache: measured ~2x faster in XLA:CPU than the batched dots below (whose
-            # transposes copy the whole cache); the product with v is a fused reduction over S.
-            scores = jnp.einsum("bkge,bske->bskg", q[:, 0], k) * scale
-            scores = jnp.where((k_pos <= q_pos[0])[None, :, None, None], scores, -jnp.inf)
-            probs = jax.nn.softmax(scores, axis=1)
-            out = jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1).reshape(b, 1, h * e)
+            # One query against the cache, as two batched matvecs over S. (A fused multiply-and-reduce over S
+            # was as fast for 4 KV heads but 3x slower for 32: experiments/bench/README.md.)
+            scores = jnp.einsum("bkge,bske->bkgs", q[:, 0], k) * scale
+            scores = jnp.where((k_pos <= q_pos[0])[None, None, None, :], scores, -jnp.inf)
+            probs = jax.nn.softmax(scores, axis=-1)
+            out = jnp.einsum("bkgs,bske->bkge", probs, v).reshape(b, 1, h * e)
         else:
             scores = jnp.einsum("btkge,bske->bkgts", q, k) * scale
             scores = jnp.where(k_pos[None, :] <= q_pos[:, None], scores, -jnp.inf)
