@@ -202,6 +202,17 @@ inline const void* row_ptr(const void* w, int64_t row, int64_t d) {
   return static_cast<const char*>(w) + row * d * elem_bytes<F>();
 }
 
+// The K rows idx[q..q+K) of w into p, and into nx the rows idx[q+ahead..q+ahead+K) that are below n (the group
+// to prefetch while reading p); returns how many of those there are.
+template <Fmt F, int K>
+inline int row_group(const void* w, const int32_t* idx, int64_t q, int64_t n, int64_t ahead, int64_t d,
+                     const void** p, const void** nx) {
+  for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(w, idx[q + k], d);
+  int n_next = 0;
+  for (int64_t k = q + ahead; k < std::min(n, q + ahead + K); ++k) nx[n_next++] = row_ptr<F>(w, idx[k], d);
+  return n_next;
+}
+
 #if PIJAX_AVX512
 template <Fmt F>
 inline __m512 load16(const void* base, int64_t i) {
@@ -450,9 +461,7 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
       for (; j + K <= nb; j += K) {
         const void* p[K];
         const void* nx[K];
-        int n_next = 0;
-        for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(first, rb[j + k], a.d);
-        for (int64_t k = b0 + j + 2 * K; k < std::min(n_rows, b0 + j + 3 * K); ++k) nx[n_next++] = row_ptr<F>(first, rows[k], a.d);
+        const int n_next = row_group<F, K>(first, rows, b0 + j, n_rows, 2 * K, a.d, p, nx);
         dot_rows<F, K>(p, a.x, a.d, v1 + j, nx, n_next);
       }
       for (; j < nb; ++j) {
@@ -474,9 +483,7 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
       for (; q + K <= nk; q += K) {
         const void* p[K];
         const void* nx[K];
-        int n_next = 0;
-        for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(a.up, keep[q + k], a.d);
-        for (int k = q + K; k < std::min(nk, q + 2 * K); ++k) nx[n_next++] = row_ptr<F>(a.up, keep[k], a.d);
+        const int n_next = row_group<F, K>(a.up, keep, q, nk, K, a.d, p, nx);
         dot_rows<F, K>(p, a.x, a.d, v2 + q, nx, n_next);
       }
       for (; q < nk; ++q) {
@@ -504,9 +511,7 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
     for (; q + K <= nl; q += K) {
       const void* p[K];
       const void* nx[K];
-      int n_next = 0;
-      for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(a.down, live[q + k], a.d);
-      for (int k = q + K; k < std::min(nl, q + 2 * K); ++k) nx[n_next++] = row_ptr<F>(a.down, live[k], a.d);
+      const int n_next = row_group<F, K>(a.down, live, q, nl, K, a.d, p, nx);
       axpy_rows<F, K>(acc, coef + q, p, a.d, nx, n_next);
     }
     for (; q < nl; ++q) {
