@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pijax.config import FfnActivation, ModelConfig
+from pijax.config import FfnActivation, ModelConfig, ModelSpec
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
 from pijax.io.tokenizer import Tokenizer
 from pijax.model.generate import Engine, SamplingConfig
@@ -88,7 +88,9 @@ class Model:
 
 
 def load_model(path: str | os.PathLike[str] = STORIES260K, *, ffn_act: FfnActivation | None = None) -> Model:
-    """Load a LLaMA GGUF (llama.cpp's or PowerInfer's flavour); `ffn_act` overrides the FFN activation."""
+    """Load a LLaMA GGUF (llama.cpp's or PowerInfer's flavour), or a registered model by name ("smollm2-135m",
+    fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation."""
+    path = ModelSpec(path=os.fspath(path)).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act)
     tokenizer = Tokenizer.from_metadata(ckpt.metadata, path)
     module = Llama(ckpt.config, ckpt.weights, rngs=nnx.Rngs(0), dtype=jnp.float32)

@@ -47,13 +47,20 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Which GGUF to load. An empty path means the stories260K model shipped with pijax."""
+    """Which GGUF to load: a path, a registered name (`pijax.io.registry`), or empty for the shipped stories260K."""
 
     path: str = ""
     ffn_act: FfnActivation | None = None
 
     def resolved_path(self) -> Path:
-        return Path(self.path).expanduser() if self.path else STORIES260K
+        """The file to load: the shipped model, a registered name (fetched once into the cache), or a path."""
+        if not self.path:
+            return STORIES260K
+        from pijax.io.registry import is_registry_name, resolve_model
+
+        if is_registry_name(self.path) and not Path(self.path).expanduser().exists():
+            return resolve_model(self.path)
+        return Path(self.path).expanduser()
 
 
 @dataclasses.dataclass(frozen=True)

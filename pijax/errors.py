@@ -40,3 +40,7 @@ class DataError(PijaxError):
 
 class IndexFileError(PijaxError):
     """A gpuidx file is unreadable or does not fit the model."""
+
+
+class ModelFetchError(PijaxError):
+    """A named model is unknown, not cached and cannot be fetched, or its download failed its checks."""
