@@ -11,8 +11,9 @@ import numpy as np
 from flax import nnx
 
 from pijax.config import FfnActivation, ModelConfig, ModelSpec
+from pijax.io.chat import Message, chat_prompt
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
-from pijax.io.tokenizer import Tokenizer
+from pijax.io.vocab import AnyTokenizer, load_tokenizer
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
@@ -35,7 +36,7 @@ class GenerationResult:
 class Model:
     """A loaded checkpoint, its tokenizer and its Flax module, with compiled inference on top."""
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, module: Llama):
+    def __init__(self, checkpoint: Checkpoint, tokenizer: AnyTokenizer, module: Llama):
         self.checkpoint = checkpoint
         self.tokenizer = tokenizer
         self.module = module
@@ -86,12 +87,27 @@ class Model:
             decode_s=out.decode_s,
         )
 
+    def chat(
+        self,
+        messages: str | Sequence[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str:
+        """The assistant's reply to `messages` (dicts with "role" and "content", or one user message as a
+        string), prompted with the model's chat template; it ends at EOS or an end-of-turn token."""
+        prompt = chat_prompt(self.tokenizer, self.checkpoint.metadata, messages, self.checkpoint.gguf.path)
+        res = self.generate(prompt.ids, max_new_tokens, temperature, top_k, top_p, seed)
+        return prompt.reply(self.tokenizer, res.new_ids)
+
 
 def load_model(path: str | os.PathLike[str] = STORIES260K, *, ffn_act: FfnActivation | None = None) -> Model:
     """Load a LLaMA GGUF (llama.cpp's or PowerInfer's flavour), or a registered model by name ("smollm2-135m",
     fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation."""
     path = ModelSpec(path=os.fspath(path)).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act)
-    tokenizer = Tokenizer.from_metadata(ckpt.metadata, path)
+    tokenizer = load_tokenizer(ckpt.metadata, path)
     module = Llama(ckpt.config, ckpt.weights, rngs=nnx.Rngs(0), dtype=jnp.float32)
     return Model(ckpt, tokenizer, module)
