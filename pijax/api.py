@@ -6,14 +6,14 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from pijax.config import FfnActivation, ModelConfig, ModelSpec
 from pijax.io.chat import Message, chat_prompt
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
 from pijax.io.vocab import AnyTokenizer, load_tokenizer
+from pijax.kernels.convert import load_llama
+from pijax.kernels.formats import WeightFormat, check_format
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
@@ -103,11 +103,23 @@ class Model:
         return prompt.reply(self.tokenizer, res.new_ids)
 
 
-def load_model(path: str | os.PathLike[str] = STORIES260K, *, ffn_act: FfnActivation | None = None) -> Model:
+def load_model(
+    path: str | os.PathLike[str] = STORIES260K,
+    *,
+    ffn_act: FfnActivation | None = None,
+    dtype: WeightFormat = "f32",
+) -> Model:
     """Load a LLaMA GGUF (llama.cpp's or PowerInfer's flavour), or a registered model by name ("smollm2-135m",
-    fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation."""
+    fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation.
+
+    Any tensor type pijax reads (see `pijax.io.gguf.DEQUANTIZABLE`) is dequantized as it is read, one tensor at
+    a time. `dtype` is how the matrices are kept: "f32" (default; pijax's plain XLA model, for parity), or "f16",
+    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.kernels.convert`)."""
     path = ModelSpec(path=os.fspath(path)).resolved_path()
-    ckpt = load_checkpoint(path, ffn_act=ffn_act)
+    ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
     tokenizer = load_tokenizer(ckpt.metadata, path)
-    module = Llama(ckpt.config, ckpt.weights, rngs=nnx.Rngs(0), dtype=jnp.float32)
+    fmt = check_format(dtype)
+    module = load_llama(
+        path, fmt, ffn_act=ckpt.config.ffn_act, use_predictors=False, xla_ffn=fmt == "f32", progress=False
+    )
     return Model(ckpt, tokenizer, module)

@@ -7,7 +7,6 @@ fails here with one line, not later inside a jitted function.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,33 @@ THRESHOLD_KEY = "powerinfer.sparse_threshold"
 ACTIVATIONS: tuple[FfnActivation, ...] = ("silu", "relu", "drelu")
 
 
-@dataclasses.dataclass
 class Checkpoint:
-    config: ModelConfig
-    weights: LlamaWeights
-    gguf: GGUFFile
-    fingerprint: str
+    """A validated model file: its config, its parsed GGUF and, read on first use, its weights as numpy arrays.
+
+    `weights` is read lazily (from the memory-mapped file, tensor by tensor) so that a model loaded straight into
+    a module (`pijax.api.load_model`) does not keep a second copy of every matrix unless something asks for it.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: LlamaWeights | None,
+        gguf: GGUFFile,
+        fingerprint: str,
+        *,
+        dtype: np.typing.DTypeLike = np.float32,
+    ) -> None:
+        self.config = config
+        self.gguf = gguf
+        self.fingerprint = fingerprint
+        self._weights = weights
+        self._dtype = dtype
+
+    @property
+    def weights(self) -> LlamaWeights:
+        if self._weights is None:
+            self._weights = read_weights(self.gguf, self.config, self._dtype)
+        return self._weights
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -99,12 +119,17 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _checked(f: GGUFFile, name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
+def _check_shape(f: GGUFFile, name: str, shape: tuple[int, ...]) -> None:
     if name not in f.tensors:
         raise TensorError(f"missing tensor {name}", f.path)
     got = f.tensors[name].shape
     if got != shape:
         raise TensorError(f"tensor {name} has shape {got}, expected {shape}", f.path)
+    f.check_readable(name)
+
+
+def _checked(f: GGUFFile, name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
+    _check_shape(f, name, shape)
     return f.array(name, dtype)
 
 
@@ -113,10 +138,31 @@ def load_checkpoint(
     *,
     ffn_act: FfnActivation | None = None,
     dtype: np.typing.DTypeLike = np.float32,
+    lazy: bool = False,
 ) -> Checkpoint:
-    """Read and validate a LLaMA GGUF; `ffn_act` overrides the activation the file implies."""
+    """Read and validate a LLaMA GGUF; `ffn_act` overrides the activation the file implies. `lazy`: check
+    every tensor's presence and shape now, read the weights on first use of `.weights`."""
     f = read_gguf(path)
     cfg = model_config_from_gguf(f, ffn_act)
+    if lazy:
+        for name, shape in _required_shapes(f, cfg).items():
+            _check_shape(f, name, shape)
+        return Checkpoint(cfg, None, f, model_fingerprint(f), dtype=dtype)
+    return Checkpoint(cfg, read_weights(f, cfg, dtype), f, model_fingerprint(f), dtype=dtype)
+
+
+def _required_shapes(f: GGUFFile, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    shapes = _expected_shapes(cfg)
+    for i in range(cfg.n_layer):
+        if "blk.0.ffn_down_t.weight" in f.tensors:
+            shapes[f"blk.{i}.ffn_down_t.weight"] = (cfg.n_ff, cfg.n_embd)
+        else:
+            shapes[f"blk.{i}.ffn_down.weight"] = (cfg.n_embd, cfg.n_ff)
+    return shapes
+
+
+def read_weights(f: GGUFFile, cfg: ModelConfig, dtype: np.typing.DTypeLike = np.float32) -> LlamaWeights:
+    """Every matrix of a parsed, configured file as numpy arrays in `dtype`, checked for presence and shape."""
     shapes = _expected_shapes(cfg)
     has_down_t = "blk.0.ffn_down_t.weight" in f.tensors
 
@@ -144,7 +190,7 @@ def load_checkpoint(
             )
         )
     embd = get("token_embd.weight")
-    weights = LlamaWeights(
+    return LlamaWeights(
         token_embd=embd,
         output_norm=get("output_norm.weight"),
         output=embd if cfg.tied_output else get("output.weight"),
@@ -152,7 +198,6 @@ def load_checkpoint(
         predictors=_load_predictors(f, cfg, dtype),
         sparse_threshold=float(f.metadata.get(THRESHOLD_KEY, 0.0)),
     )
-    return Checkpoint(cfg, weights, f, model_fingerprint(f))
 
 
 def _load_predictors(f: GGUFFile, cfg: ModelConfig, dtype: np.typing.DTypeLike) -> list[PredictorWeights] | None:

@@ -42,4 +42,5 @@ def model_fingerprint(model: GGUFFile | str | os.PathLike[str]) -> str:
         mid = max(len(data) // 2 - _SAMPLE // 2, 0)
         for part in (data[:_SAMPLE], data[mid : mid + _SAMPLE], data[-_SAMPLE:]):
             h.update(part.tobytes())
+        f.release(name)  # a sampled byte can map a large page-cache folio into RSS; drop it
     return MODEL_FP_PREFIX + h.hexdigest()
