@@ -89,3 +89,21 @@ def test_a_model_without_a_template_cannot_chat(smollm) -> None:
     stories = read_gguf(paths.STORIES260K).metadata
     with pytest.raises(UnsupportedModelError, match="chat needs special-token parsing"):
         chat_prompt(load_tokenizer(stories), {**stories, "tokenizer.chat_template": "x"}, "Hi")
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    from pijax.api import load_model
+
+    return load_model(smollm2_path)
+
+
+def test_smollm2_chat_replies_and_stops_at_end_of_turn(smollm2) -> None:
+    question = "What is the capital of France?"
+    prompt = chat_prompt(smollm2.tokenizer, smollm2.checkpoint.metadata, question)
+    res = smollm2.generate(prompt.ids, max_new_tokens=32)
+    # Greedy generation ends the turn with <|im_end|> (SmolLM2's EOS) well before the limit.
+    assert res.new_ids[-1] == smollm2.tokenizer.token_id("<|im_end|>") and len(res.new_ids) < 32
+    reply = smollm2.chat(question, max_new_tokens=32)
+    assert reply == prompt.reply(smollm2.tokenizer, res.new_ids) == res.text
+    assert "Paris" in reply and "<|im" not in reply

@@ -121,6 +121,8 @@ def chat_prompt(
     path: str | os.PathLike[str] | None = None,
 ) -> ChatPrompt:
     """Render `messages` with the model's template, ready for generation (the assistant's turn opened)."""
+    if not metadata.get(KEY_CHAT_TEMPLATE):
+        raise ChatTemplateError(f"the model has no {KEY_CHAT_TEMPLATE}, so it cannot chat", path)
     if not isinstance(tokenizer, BPETokenizer):
         raise UnsupportedModelError(
             "chat needs special-token parsing, which only the BPE ('gpt2') tokenizer does", path

@@ -9,8 +9,11 @@ from pijax.api import load_model
 from pijax.errors import ConfigError
 from pijax.run_config import RunConfig
 
+# A smoke run checks the whole path with a short reply.
+SMOKE_TOKENS = 8
 
-def run(cfg: RunConfig, out_dir: Path) -> str:
+
+def run(cfg: RunConfig, out_dir: Path) -> None:
     if not cfg.prompt:
         raise ConfigError('task=chat needs a message: prompt="..."')
     model = load_model(cfg.model.resolved_path(), ffn_act=cfg.model.ffn_act)
@@ -18,7 +21,7 @@ def run(cfg: RunConfig, out_dir: Path) -> str:
     t0 = time.perf_counter()
     reply = model.chat(
         cfg.prompt,
-        max_new_tokens=g.max_new_tokens,
+        max_new_tokens=min(g.max_new_tokens, SMOKE_TOKENS) if cfg.smoke else g.max_new_tokens,
         temperature=g.temperature,
         top_k=g.top_k,
         top_p=g.top_p,
@@ -27,4 +30,3 @@ def run(cfg: RunConfig, out_dir: Path) -> str:
     seconds = time.perf_counter() - t0
     print(f"user: {cfg.prompt}\nassistant: {reply}")
     print(f"\n[{model.config.name or 'model'}] reply in {seconds:.1f} s (compilation included)")
-    return reply
