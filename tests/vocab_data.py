@@ -15,10 +15,16 @@ REFS = json.loads((DATA / "bpe_llamacpp.json").read_text(encoding="utf-8"))["voc
 
 
 def vocab_metadata(name: str, folder: Path) -> dict:
-    """Metadata of vocabulary `name`, unpacked into `folder` once, with the reference's metadata override."""
+    """Metadata of vocabulary `name`, unpacked into `folder` once, with the reference's metadata overrides."""
     ref = REFS[name]
     path = folder / Path(ref["vocab"]).stem
     if not path.exists():
         with gzip.open(DATA / ref["vocab"], "rb") as fi, open(path, "wb") as fo:
             shutil.copyfileobj(fi, fo)
-    return {**read_gguf(path).metadata, **ref.get("override", {})}
+    md = {**read_gguf(path).metadata, **ref.get("override", {})}
+    if "override_types" in ref:
+        types = md["tokenizer.ggml.token_type"].copy()
+        for i, t in ref["override_types"].items():
+            types[int(i)] = t
+        md["tokenizer.ggml.token_type"] = types
+    return md

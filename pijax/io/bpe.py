@@ -177,7 +177,8 @@ class BPETokenizer:
         specials = [i for i, a in enumerate(self._attrs) if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
         specials.sort(key=lambda i: -len(self.tokens[i].encode()))
         self._specials = [(self.tokens[i], i) for i in specials]
-        self._user_defined = [(t, i) for t, i in self._specials if self._attrs[i] & ATTR_USER_DEFINED]
+        # Without `special`, llama.cpp still cuts at user-defined tokens, unless they are also control tokens.
+        self._user_defined = [(t, i) for t, i in self._specials if not self._attrs[i] & (ATTR_CONTROL | ATTR_UNKNOWN)]
         self._bpe = _build_bpe(self._by_text, merges, spec)
 
     @classmethod
@@ -284,9 +285,6 @@ class BPETokenizer:
                 self._attrs[i] |= ATTR_CONTROL
                 if text in EOG_TEXTS or text in _EOG_FIM_TEXTS:
                     eog.add(i)
-        for i, a in enumerate(self._attrs):
-            if a & ATTR_CONTROL and "unused" in self.tokens[i]:
-                self._attrs[i] |= ATTR_UNUSED
         return frozenset(i for i in eog if i is not None)
 
     def _render(self, i: int) -> bytes:

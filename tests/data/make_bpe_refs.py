@@ -81,17 +81,28 @@ STRINGS = [
 ]
 
 
-def vocab_only_copy(src: Path, dst: Path) -> None:
-    """The GGUF's metadata without its tensors: all a tokenizer reads."""
+# "gpt-2-types": the gpt-2 vocabulary with <|endoftext|> and "Ġgazed" re-typed user-defined (4). llama.cpp
+# still treats <|endoftext|> as a control token (its text marks an end of turn) and cuts raw text at "Ġgazed".
+TYPE_OVERRIDE = {"50255": 4, "50256": 4}
+TYPE_STRINGS = ["a<|endoftext|>b", "xĠgazedy and Ġgazed", "x gazed"]
+
+
+def vocab_only_copy(src: Path, dst: Path, types: dict[str, int] | None = None) -> None:
+    """The GGUF's metadata without its tensors (all a tokenizer reads), some token types changed if asked."""
     f = read_gguf(src)
     md = {k: Meta(v, f.metadata_types[k]) for k, v in f.metadata.items()}
+    if types:
+        new = md["tokenizer.ggml.token_type"].value.copy()
+        for i, t in types.items():
+            new[int(i)] = t
+        md["tokenizer.ggml.token_type"] = Meta(new, md["tokenizer.ggml.token_type"].vtype)
     write_gguf(dst, md, [])
 
 
-def cases(path: Path, kv_overrides: dict | None = None) -> list[dict]:
+def cases(path: Path, kv_overrides: dict | None = None, strings: list[str] = STRINGS) -> list[dict]:
     llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False, kv_overrides=kv_overrides)
     out = []
-    for text in STRINGS:
+    for text in strings:
         for special in (False, True):
             ids = llm.tokenize(text.encode(), add_bos=False, special=special)
             out.append({"text": text, "special": special, "ids": ids, "detok_hex": llm.detokenize(ids).hex()})
@@ -137,6 +148,16 @@ def main() -> None:
         "source_sha256": sha256(sources["gpt-2"]),
         "cases": cases(sources["gpt-2"], {"tokenizer.ggml.pre": "default"}),
     }
+    retyped = VOCAB_DIR / "gpt-2-types.gguf"
+    vocab_only_copy(sources["gpt-2"], retyped, TYPE_OVERRIDE)
+    refs["gpt-2-types"] = {
+        "vocab": "vocab/gpt-2.vocab.gguf.gz",
+        "override_types": TYPE_OVERRIDE,
+        "source": sources["gpt-2"].name,
+        "source_sha256": sha256(sources["gpt-2"]),
+        "cases": cases(retyped, strings=STRINGS + TYPE_STRINGS),
+    }
+    retyped.unlink()
     meta = {
         "tool": f"llama-cpp-python {llama_cpp.__version__} (llama.cpp vendored in its sdist)",
         "command": "python tests/data/make_bpe_refs.py --llama-models <llama.cpp>/models",
