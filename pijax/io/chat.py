@@ -26,6 +26,9 @@ from pijax.io.bpe import BPETokenizer
 
 KEY_CHAT_TEMPLATE = "tokenizer.chat_template"
 Message = Mapping[str, Any]
+_NO_TEMPLATE = (
+    f"the model has no {KEY_CHAT_TEMPLATE}, so it cannot chat (instruction-tuned models such as smollm2-135m have one)"
+)
 
 
 class ChatTemplateError(PijaxError):
@@ -87,7 +90,7 @@ def chat_template(
     where = None if path is None else os.fspath(path)
     source = metadata.get(KEY_CHAT_TEMPLATE)
     if not isinstance(source, str) or not source:
-        raise ChatTemplateError(f"the model has no {KEY_CHAT_TEMPLATE}, so it cannot chat", where)
+        raise ChatTemplateError(_NO_TEMPLATE, where)
     named = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "unk_token": tokenizer.unk_id}
     special = {k: tokenizer.tokens[i] if i is not None else "" for k, i in named.items()}
     return ChatTemplate(source, special, where)
@@ -122,7 +125,7 @@ def chat_prompt(
 ) -> ChatPrompt:
     """Render `messages` with the model's template, ready for generation (the assistant's turn opened)."""
     if not metadata.get(KEY_CHAT_TEMPLATE):
-        raise ChatTemplateError(f"the model has no {KEY_CHAT_TEMPLATE}, so it cannot chat", path)
+        raise ChatTemplateError(_NO_TEMPLATE, path)
     if not isinstance(tokenizer, BPETokenizer):
         raise UnsupportedModelError(
             "chat needs special-token parsing, which only the BPE ('gpt2') tokenizer does", path
