@@ -99,8 +99,9 @@ class Model:
         """The assistant's reply to `messages` (dicts with "role" and "content", or one user message as a
         string), prompted with the model's chat template; it ends at EOS or an end-of-turn token."""
         prompt = chat_prompt(self.tokenizer, self.checkpoint.metadata, messages, self.checkpoint.gguf.path)
-        res = self.generate(prompt.ids, max_new_tokens, temperature, top_k, top_p, seed)
-        return prompt.reply(self.tokenizer, res.new_ids)
+        sampling = SamplingConfig(float(temperature), int(top_k), float(top_p))
+        out = self.engine.generate(prompt.ids, max_new_tokens, sampling, seed=seed, eos_id=prompt.turn_end)
+        return prompt.reply(self.tokenizer, out.new_ids)
 
 
 def load_model(

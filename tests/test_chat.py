@@ -33,7 +33,17 @@ def test_smollm2_template_renders_chatml(smollm) -> None:
     im_start, im_end = tok.token_id("<|im_start|>"), tok.token_id("<|im_end|>")
     assert prompt.ids[0] == im_start and prompt.ids.count(im_start) == 3 and prompt.ids.count(im_end) == 2
     assert prompt.ids == tok.encode(prompt.text, special=True)
-    assert {im_end, tok.eos_id} <= prompt.stop_ids
+    assert {im_end, tok.eos_id} <= prompt.stop_ids and prompt.turn_end == im_end
+
+
+def test_generation_stops_at_the_end_of_turn_not_only_eos(tmp_path) -> None:
+    # Qwen2's EOS is <|endoftext|>; a chat turn ends with <|im_end|>, which must stop generation too.
+    md = vocab_metadata("qwen2", tmp_path)
+    tok = load_tokenizer(md)
+    prompt = chat_prompt(tok, md, "Hi")
+    im_end = tok.token_id("<|im_end|>")
+    assert tok.eos_id != im_end and prompt.turn_end == im_end and {im_end, tok.eos_id} <= prompt.stop_ids
+    assert prompt.ids[-3:] == tok.encode("<|im_start|>assistant\n", special=True)
 
 
 def test_system_message_replaces_the_default(smollm) -> None:

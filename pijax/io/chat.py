@@ -5,7 +5,7 @@ transformers compiles the template in an immutable sandbox with `trim_blocks` an
 `strftime_now`; it renders with `messages`, `add_generation_prompt` and the special-token strings
 (`bos_token`, `eos_token`, ...). The rendered text is tokenized as llama.cpp does for chat: special-token text
 parsed, the model's BOS added (a BOS the template already wrote is not doubled). The reply ends at the first
-end-of-generation token (EOS, `<|im_end|>`, `<|eot_id|>`, ...).
+end-of-generation token (EOS, `<|im_end|>`, `<|eot_id|>`, ...); generation stops at the end-of-turn one.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pijax.io.bpe import BPETokenizer
 
 KEY_CHAT_TEMPLATE = "tokenizer.chat_template"
 Message = Mapping[str, Any]
+# End-of-turn tokens of the common chat formats (ChatML, Llama 3, Phi-3, Gemma), before EOS.
+_TURN_END_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 _NO_TEMPLATE = (
     f"the model has no {KEY_CHAT_TEMPLATE}, so it cannot chat (instruction-tuned models such as smollm2-135m have one)"
 )
@@ -110,6 +112,8 @@ class ChatPrompt:
     text: str
     ids: list[int]
     stop_ids: frozenset[int]
+    # The stop id a chat model writes at the end of its turn, for an engine that stops at one id.
+    turn_end: int | None
 
     def reply(self, tokenizer: BPETokenizer, new_ids: Sequence[int]) -> str:
         """The reply's text: the new ids up to (not including) the first stop id."""
@@ -137,4 +141,6 @@ def chat_prompt(
     if tokenizer.add_bos and bos and text.startswith(bos):
         text = text[len(bos) :]
     ids = tokenizer.encode(text, bos=True, special=True)
-    return ChatPrompt(text, ids, tokenizer.eog_ids)
+    marks = (tokenizer.token_id(t) for t in _TURN_END_TEXTS)
+    turn_end = next((i for i in marks if i in tokenizer.eog_ids), tokenizer.eos_id)
+    return ChatPrompt(text, ids, tokenizer.eog_ids, turn_end)
