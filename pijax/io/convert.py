@@ -1,15 +1,18 @@
 """`python -m pijax.io.convert IN.gguf OUT.gguf --to f32|f16|q8_0`: a copy of a GGUF model at another precision.
 
+Also `--to bf16|q4_0|q4_1|q5_0|q5_1`: every type that `gguf.quants.quantize` writes (the K-quants it only reads).
+
 Every metadata key is kept with its GGUF type (tokenizer, chat template, PowerInfer's keys); only
 `general.file_type` is set to the new precision. PowerInfer's `PWRI` magic, its predictors (`fc1`/`fc2`) and its
 `ffn_down_t` are kept. Which type each tensor gets:
 - 1-D tensors (norms) stay F32, as llama.cpp's converters write them.
-- Matrices get the target type; tensors that already have it are copied byte for byte. q8_0 rows that are not a
-  multiple of 32 fall back to F16. Quantization is `gguf.quants.quantize` (the same Q8_0 as llama.cpp's).
+- Matrices get the target type; tensors that already have it are copied byte for byte. Rows that are not a
+  multiple of the type's block (32) fall back to F16. Quantization is `gguf.quants.quantize` (numpy ports of
+  llama.cpp's reference quantizers).
 - PWRI files: PowerInfer's CPU sparse path reads `ffn_down_t` as f16 whatever type the file declares, so for
   `--to f16` and `--to q8_0` it is written as F16 (an f32 or q8_0 `ffn_down_t` decodes garbage there). `--to f32`
-  keeps it f32 for pijax's parity work and says on stderr that PowerInfer cannot run that file. Predictors stay
-  F16 under q8_0: they are small, and their output is thresholded.
+  keeps it f32 for pijax's parity work and says on stderr that PowerInfer cannot run that file. PWRI predictors
+  stay F16 under the lower precisions: they are small, and their output is thresholded.
 - Non-float tensors (PowerInfer's type-18 I32) are copied as they are.
 The input is only read (memory-mapped, read-only); the output is written to a temporary file beside it and
 renamed into place, so a failed or interrupted run leaves no partial file. OUT may not be IN.
@@ -31,11 +34,11 @@ from tqdm.auto import tqdm
 from pijax.errors import ConfigError, PijaxError
 from pijax.io.gguf import DEQUANTIZABLE, GGMLType, GGUFFile, Meta, read_gguf, write_gguf_stream
 
-Target = Literal["f32", "f16", "q8_0"]
-TARGETS: tuple[str, ...] = ("f32", "f16", "q8_0")
-_TARGET_TYPE = {"f32": GGMLType.F32, "f16": GGMLType.F16, "q8_0": GGMLType.Q8_0}
-# llama.cpp's llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0.
-FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}
+Target = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+TARGETS: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+_TARGET_TYPE = {t: GGMLType[t.upper()] for t in TARGETS}
+# llama.cpp's llama_ftype of a file whose matrices are mostly of that type.
+FILE_TYPE = {t: int(gguf.LlamaFileType["ALL_F32" if t == "f32" else "MOSTLY_" + t.upper()]) for t in TARGETS}
 FILE_TYPE_KEY = "general.file_type"
 PROGRESS_MIN_BYTES = 64 << 20
 _PREDICTOR_SUFFIXES = (".fc1.weight", ".fc2.weight")
@@ -51,9 +54,12 @@ def output_type(f: GGUFFile, name: str, to: Target) -> GGMLType:
         return GGMLType.F32
     if f.magic == "PWRI" and name.endswith(".ffn_down_t.weight") and to != "f32":
         return GGMLType.F16
-    if to == "q8_0" and (name.endswith(_PREDICTOR_SUFFIXES) or shape[-1] % gguf.GGML_QUANT_SIZES[GGMLType.Q8_0][0]):
+    target = _TARGET_TYPE[to]
+    if target not in (GGMLType.F32, GGMLType.F16) and f.magic == "PWRI" and name.endswith(_PREDICTOR_SUFFIXES):
         return GGMLType.F16
-    return _TARGET_TYPE[to]
+    if shape[-1] % gguf.GGML_QUANT_SIZES[target][0]:
+        return GGMLType.F16
+    return target
 
 
 def _encode(f: GGUFFile, name: str, qtype: GGMLType) -> np.ndarray:
@@ -156,8 +162,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m pijax.io.convert",
         description="Write a copy of a GGUF model at another precision; every metadata key is kept.",
         epilog=(
-            "1-D tensors stay f32. For PowerInfer (PWRI) files ffn_down_t is written as f16 for --to f16 and "
-            "--to q8_0, because PowerInfer's CPU sparse path reads ffn_down_t as f16 whatever type the file "
+            "1-D tensors stay f32. For PowerInfer (PWRI) files ffn_down_t is written as f16 for every --to but "
+            "f32, because PowerInfer's CPU sparse path reads ffn_down_t as f16 whatever type the file "
             "declares (an f32 PWRI file decodes garbage there); --to f32 keeps it f32 for pijax and warns. "
             "IN is never written; OUT is written to a temporary file and renamed into place."
         ),
