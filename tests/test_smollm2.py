@@ -18,7 +18,6 @@ import pytest
 import pijax
 from pijax.bench.real_models import load_in_child
 from pijax.io.gguf import read_gguf
-from pijax.kernels.convert import load_llama
 from pijax.model.generate import Engine, SamplingConfig
 
 DATA = Path(__file__).parent / "data"
@@ -34,9 +33,16 @@ def refs() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def engine(smollm2_path: Path) -> Engine:
-    """The module `pijax.load_model(path)` builds at its default f32 (its tokenizer is not needed here)."""
-    return Engine(load_llama(smollm2_path, "f32", xla_ffn=True, progress=False))
+def model(smollm2_path: Path) -> pijax.Model:
+    """Loaded once, by its registry name (`smollm2_path` has fetched it into the cache), at the default f32."""
+    m = pijax.load_model("smollm2-135m")
+    assert m.checkpoint.gguf.path == smollm2_path
+    return m
+
+
+@pytest.fixture(scope="module")
+def engine(model: pijax.Model) -> Engine:
+    return model.engine
 
 
 def test_logits_match_llamacpp_on_f32_copy(engine: Engine, refs: dict[str, np.ndarray]):
@@ -59,9 +65,8 @@ def test_greedy_continuations_match_llamacpp(engine: Engine, refs: dict[str, np.
         assert out.new_ids == refs[f"gen_{i}"].tolist(), f"prompt {i}"
 
 
-def test_load_model_by_name_writes_sensible_text():
-    m = pijax.load_model("smollm2-135m")
-    res = m.generate("The capital of France is", max_new_tokens=8)
+def test_load_model_by_name_writes_sensible_text(model: pijax.Model):
+    res = model.generate("The capital of France is", max_new_tokens=8)
     assert "Paris" in res.text, res.text
 
 
