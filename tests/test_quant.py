@@ -147,15 +147,13 @@ def test_convert_round_trips_and_keeps_metadata(tmp_path: Path, stories_ids: lis
     assert q.ggml_type("blk.0.ffn_up.weight") == GGMLType.Q8_0
     assert q.ggml_type("blk.0.ffn_down.weight") == GGMLType.F16  # rows of 172: not a multiple of 32
     assert q.ggml_type("blk.0.attn_norm.weight") == GGMLType.F32
-    want = pijax.load_model(src).logits(stories_ids)
-    # f16 -> f32 is exact, so the round trip reads the same numbers as the f16 file.
-    np.testing.assert_array_equal(pijax.load_model(back).logits(stories_ids), pijax.load_model(f16).logits(stories_ids))
-    assert rel_rms(pijax.load_model(back).logits(stories_ids), want) <= 4 * 2.0**-11
-    assert rel_rms(pijax.load_model(q8).logits(stories_ids), want) <= 4 * 2.0**-8
-    assert (
-        pijax.load_model(q8).generate(stories_ids[:8], 16).new_ids
-        == pijax.load_model(src).generate(stories_ids[:8], 16).new_ids
-    )
+    ref, m_back, m_q8 = pijax.load_model(src), pijax.load_model(back), pijax.load_model(q8)
+    want = ref.logits(stories_ids)
+    # f16 -> f32 is exact, so the round trip reads the very numbers of the f16 file.
+    np.testing.assert_array_equal(m_back.logits(stories_ids), pijax.load_model(f16).logits(stories_ids))
+    assert rel_rms(m_back.logits(stories_ids), want) <= 4 * 2.0**-11
+    assert rel_rms(m_q8.logits(stories_ids), want) <= 4 * 2.0**-8
+    assert m_q8.generate(stories_ids[:8], 16).new_ids == ref.generate(stories_ids[:8], 16).new_ids
 
 
 def test_convert_powerinfer_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

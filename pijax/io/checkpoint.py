@@ -7,6 +7,7 @@ fails here with one line, not later inside a jitted function.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -25,33 +26,40 @@ THRESHOLD_KEY = "powerinfer.sparse_threshold"
 ACTIVATIONS: tuple[FfnActivation, ...] = ("silu", "relu", "drelu")
 
 
-class Checkpoint:
-    """A validated model file: its config, its parsed GGUF and, read on first use, its weights as numpy arrays.
+class _LazyWeights:
+    """The `weights` field of a Checkpoint: read from the file on first access when it was given as None."""
 
-    `weights` is read lazily (from the memory-mapped file, tensor by tensor) so that a model loaded straight into
-    a module (`pijax.api.load_model`) does not keep a second copy of every matrix unless something asks for it.
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> LlamaWeights:
+        if obj is None:
+            raise AttributeError("weights")  # no class-level value: the dataclass field has no default
+        if getattr(obj, self.slot) is None:
+            setattr(obj, self.slot, read_weights(obj.gguf, obj.config, obj.dtype))
+        return getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: LlamaWeights | None) -> None:
+        setattr(obj, self.slot, value)
+
+
+@dataclasses.dataclass(repr=False)
+class Checkpoint:
+    """A validated model file: its config, its parsed GGUF and its weights as numpy arrays in `dtype`.
+
+    `weights` may be given as None: it is then read on first use (from the memory-mapped file, tensor by
+    tensor), so that a model loaded straight into a module (`pijax.api.load_model`) keeps no second copy of every
+    matrix unless something asks for it.
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        weights: LlamaWeights | None,
-        gguf: GGUFFile,
-        fingerprint: str,
-        *,
-        dtype: np.typing.DTypeLike = np.float32,
-    ) -> None:
-        self.config = config
-        self.gguf = gguf
-        self.fingerprint = fingerprint
-        self._weights = weights
-        self._dtype = dtype
+    config: ModelConfig
+    weights: LlamaWeights = _LazyWeights()  # type: ignore[assignment]
+    gguf: GGUFFile
+    fingerprint: str
+    dtype: np.typing.DTypeLike = np.float32
 
-    @property
-    def weights(self) -> LlamaWeights:
-        if self._weights is None:
-            self._weights = read_weights(self.gguf, self.config, self._dtype)
-        return self._weights
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.gguf.path}, {self.config.name or 'unnamed'}, {self.fingerprint})"
 
     @property
     def metadata(self) -> dict[str, Any]:
