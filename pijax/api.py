@@ -16,6 +16,7 @@ from pijax.io.tokenizer import Tokenizer
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
+from pijax.validate import check_bool, check_generate_args, check_model_source, check_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +71,14 @@ class Model:
         seed: int = 0,
         stop_at_eos: bool = True,
     ) -> GenerationResult:
-        """Continue a prompt (text is encoded with BOS; an id list is used as is). Greedy when temperature == 0."""
-        ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else [int(i) for i in prompt]
-        sampling = SamplingConfig(float(temperature), int(top_k), float(top_p))
-        eos = self.tokenizer.eos_id if stop_at_eos else None
-        out = self.engine.generate(ids, max_new_tokens, sampling, seed=seed, eos_id=eos)
+        """Continue a prompt (text is encoded with BOS; an id list is used as is). Greedy when temperature == 0.
+        Arguments are checked by pijax.validate.check_generate_args (e.g. seed in [0, 2**32 - 1])."""
+        prompt = check_prompt(prompt)
+        a = check_generate_args(max_new_tokens, temperature, top_k, top_p, seed)
+        ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else prompt
+        sampling = SamplingConfig(a.temperature, a.top_k, a.top_p)
+        eos = self.tokenizer.eos_id if check_bool(stop_at_eos, "stop_at_eos") else None
+        out = self.engine.generate(ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=eos)
         text = b"".join(self.tokenizer.piece_bytes(i) for i in out.new_ids).decode("utf-8", errors="replace")
         return GenerationResult(
             text=text,
@@ -90,7 +94,7 @@ class Model:
 def load_model(path: str | os.PathLike[str] = STORIES260K, *, ffn_act: FfnActivation | None = None) -> Model:
     """Load a LLaMA GGUF (llama.cpp's or PowerInfer's flavour), or a registered model by name ("smollm2-135m",
     fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation."""
-    path = ModelSpec(path=os.fspath(path)).resolved_path()
+    path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act)
     tokenizer = Tokenizer.from_metadata(ckpt.metadata, path)
     module = Llama(ckpt.config, ckpt.weights, rngs=nnx.Rngs(0), dtype=jnp.float32)

@@ -6,6 +6,7 @@ Each pipeline stage owns one dataclass here so that the whole run's configuratio
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -54,13 +55,21 @@ class ModelSpec:
 
     def resolved_path(self) -> Path:
         """The file to load: the shipped model, a registered name (fetched once into the cache), or a path."""
-        if not self.path:
-            return STORIES260K
-        from pijax.io.registry import is_registry_name, resolve_model
+        from pijax.validate import check_choice, check_model_source
 
-        if is_registry_name(self.path) and not Path(self.path).expanduser().exists():
-            return resolve_model(self.path)
-        return Path(self.path).expanduser()
+        path = check_model_source(self.path, "model path")
+        if self.ffn_act is not None:
+            check_choice(self.ffn_act, "ffn_act", ("silu", "relu", "drelu"))
+        if not path:
+            return STORIES260K
+        from pijax.io.registry import entry, is_registry_name, resolve_model
+
+        if not Path(path).expanduser().exists():
+            if is_registry_name(path):
+                return resolve_model(path)
+            if not path.lower().endswith(".gguf") and "/" not in path and os.sep not in path:
+                entry(path)  # a name, not a path: ModelFetchError listing the known names
+        return Path(path).expanduser()
 
 
 @dataclasses.dataclass(frozen=True)
