@@ -273,6 +273,7 @@ CONFIG_RANGES: dict[str, Range] = {
     "predictor.eval_tokens": POS,
     "predictor.capacity_quantile": SHARE,
     "predictor.capacity_slack": POSITIVE,
+    "predictor.seed": SEED,
     "index.group_size": POS,
     "index.seed": SEED,
     "index.recall": SHARE,

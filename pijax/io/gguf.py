@@ -208,8 +208,10 @@ class _Cursor:
 
 
 def _shown(name: str, limit: int = 48) -> str:
-    """A name as error messages show it: a damaged length can make a key thousands of raw bytes long."""
-    return name if len(name) <= limit else name[:limit] + "..."
+    """A name as error messages show it, cut at `limit` or its first unprintable character: a damaged length can
+    make a key thousands of raw bytes long."""
+    cut = min(limit, next((i for i, c in enumerate(name) if not c.isprintable()), len(name)))
+    return name if cut == len(name) else name[:cut] + "..."
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
