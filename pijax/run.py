@@ -48,7 +48,7 @@ def hydra_message(err: BaseException) -> str:
     cause = err.__cause__
     if cause is not None and str(cause).strip() and str(cause).splitlines()[0].strip() not in lines:
         lines.append(str(cause).splitlines()[0].strip())
-    return " ".join(lines) or type(err).__name__
+    return one_line(" ".join(lines) or type(err).__name__, 600)
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
