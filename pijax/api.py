@@ -17,6 +17,7 @@ from pijax.kernels.formats import WeightFormat, check_format
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
+from pijax.validate import check_bool, check_generate_args, check_messages, check_model_source, check_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +72,14 @@ class Model:
         seed: int = 0,
         stop_at_eos: bool = True,
     ) -> GenerationResult:
-        """Continue a prompt (text is encoded with BOS; an id list is used as is). Greedy when temperature == 0."""
-        ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else [int(i) for i in prompt]
-        sampling = SamplingConfig(float(temperature), int(top_k), float(top_p))
-        eos = self.tokenizer.eos_id if stop_at_eos else None
-        out = self.engine.generate(ids, max_new_tokens, sampling, seed=seed, eos_id=eos)
+        """Continue a prompt (text is encoded with BOS; an id list is used as is). Greedy when temperature == 0.
+        Arguments are checked by pijax.validate.check_generate_args (e.g. seed in [0, 2**32 - 1])."""
+        prompt = check_prompt(prompt)
+        a = check_generate_args(max_new_tokens, temperature, top_k, top_p, seed)
+        ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else prompt
+        sampling = SamplingConfig(a.temperature, a.top_k, a.top_p)
+        eos = self.tokenizer.eos_id if check_bool(stop_at_eos, "stop_at_eos") else None
+        out = self.engine.generate(ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=eos)
         text = b"".join(self.tokenizer.piece_bytes(i) for i in out.new_ids).decode("utf-8", errors="replace")
         return GenerationResult(
             text=text,
@@ -98,9 +102,12 @@ class Model:
     ) -> str:
         """The assistant's reply to `messages` (dicts with "role" and "content", or one user message as a
         string), prompted with the model's chat template; it ends at EOS or an end-of-turn token."""
+        if not isinstance(messages, str):
+            messages = check_messages(messages)
+        a = check_generate_args(max_new_tokens, temperature, top_k, top_p, seed)
         prompt = chat_prompt(self.tokenizer, self.checkpoint.metadata, messages, self.checkpoint.gguf.path)
-        sampling = SamplingConfig(float(temperature), int(top_k), float(top_p))
-        out = self.engine.generate(prompt.ids, max_new_tokens, sampling, seed=seed, eos_id=prompt.turn_end)
+        sampling = SamplingConfig(a.temperature, a.top_k, a.top_p)
+        out = self.engine.generate(prompt.ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=prompt.turn_end)
         return prompt.reply(self.tokenizer, out.new_ids)
 
 
@@ -116,7 +123,7 @@ def load_model(
     Any tensor type pijax reads (see `pijax.io.gguf.DEQUANTIZABLE`) is dequantized as it is read, one tensor at
     a time. `dtype` is how the matrices are kept: "f32" (default; pijax's plain XLA model, for parity), or "f16",
     "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.kernels.convert`)."""
-    path = ModelSpec(path=os.fspath(path)).resolved_path()
+    path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
     tokenizer = load_tokenizer(ckpt.metadata, path)
     fmt = check_format(dtype)

@@ -6,10 +6,14 @@ Each pipeline stage owns one dataclass here so that the whole run's configuratio
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Literal
 
 from pijax.paths import STORIES260K
+
+MAX_LAYERS = 4096
+"""More layers than any LLaMA has; a larger count comes from damaged metadata."""
 
 FfnActivation = Literal["silu", "relu", "drelu"]
 """silu: SwiGLU silu(gate)*up; relu: ReGLU relu(gate)*up; drelu: relu(gate)*relu(up)."""
@@ -33,6 +37,31 @@ class ModelConfig:
     tied_output: bool = False
     name: str = ""
 
+    def __post_init__(self) -> None:
+        """A shape that no kernel can run (zero heads, a rope wider than a head, a billion layers from a damaged
+        file's metadata) is one UnsupportedModelError line here, not a ZeroDivisionError or MemoryError later."""
+        from pijax.errors import UnsupportedModelError
+        from pijax.validate import InputError, check_choice, check_float, check_int
+
+        try:
+            for name in ("n_vocab", "n_ctx", "n_embd", "n_ff", "n_head", "n_head_kv", "rope_dim"):
+                check_int(getattr(self, name), name, min=1)
+            check_int(self.n_layer, "n_layer", min=1, max=MAX_LAYERS)
+            check_float(self.rope_base, "rope_base", min=0.0, min_open=True)
+            check_float(self.norm_eps, "norm_eps", min=0.0, max=1.0, min_open=True)
+            check_choice(self.ffn_act, "ffn_act", ("silu", "relu", "drelu"))
+        except InputError as e:
+            raise UnsupportedModelError(f"model shape: {e.problem}") from None
+        if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
+            raise UnsupportedModelError(
+                f"model shape: n_embd {self.n_embd}, n_head {self.n_head} and n_head_kv {self.n_head_kv} do not "
+                "divide (n_embd by n_head, n_head by n_head_kv)"
+            )
+        if self.rope_dim > self.head_dim or self.rope_dim % 2:
+            raise UnsupportedModelError(
+                f"model shape: rope_dim {self.rope_dim} must be even and at most the head dim {self.head_dim}"
+            )
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
@@ -54,13 +83,21 @@ class ModelSpec:
 
     def resolved_path(self) -> Path:
         """The file to load: the shipped model, a registered name (fetched once into the cache), or a path."""
-        if not self.path:
-            return STORIES260K
-        from pijax.io.registry import is_registry_name, resolve_model
+        from pijax.validate import check_choice, check_model_source
 
-        if is_registry_name(self.path) and not Path(self.path).expanduser().exists():
-            return resolve_model(self.path)
-        return Path(self.path).expanduser()
+        path = check_model_source(self.path, "model path")
+        if self.ffn_act is not None:
+            check_choice(self.ffn_act, "ffn_act", ("silu", "relu", "drelu"))
+        if not path:
+            return STORIES260K
+        from pijax.io.registry import entry, is_registry_name, resolve_model
+
+        if not Path(path).expanduser().exists():
+            if is_registry_name(path):
+                return resolve_model(path)
+            if not path.lower().endswith(".gguf") and "/" not in path and os.sep not in path:
+                entry(path)  # a name, not a path: ModelFetchError listing the known names
+        return Path(path).expanduser()
 
 
 @dataclasses.dataclass(frozen=True)

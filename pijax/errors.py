@@ -1,8 +1,26 @@
-"""The project's exception hierarchy: every user-facing failure is a PijaxError naming the file and the problem."""
+"""The project's exception hierarchy: every user-facing failure is a PijaxError naming the file and the problem.
+
+A PijaxError's message is always one readable line: control characters, newlines and other unprintable
+characters are escaped, and a message longer than MAX_MESSAGE characters keeps its start and its end with the
+middle cut out (a damaged file can make a name or a value thousands of bytes long).
+"""
 
 from __future__ import annotations
 
 import os
+
+MAX_MESSAGE = 400
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` with unprintable characters escaped (\\n, \\x00, \\udc80, ...) and cut to `limit` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode() for c in text)
+    if len(text) > limit:
+        head = max(limit * 2 // 3, 1)
+        tail = max(limit - head - 5, 0)
+        text = text[:head] + " ... " + (text[-tail:] if tail else "")
+    return text
 
 
 class PijaxError(Exception):
@@ -10,8 +28,9 @@ class PijaxError(Exception):
 
     def __init__(self, problem: str, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
+        self.problem = one_line(str(problem))
+        where = None if self.path is None else one_line(str(self.path), 200)
+        super().__init__(f"{where}: {self.problem}" if where is not None else self.problem)
 
 
 class GGUFFormatError(PijaxError):
@@ -28,6 +47,11 @@ class TensorError(PijaxError):
 
 class ConfigError(PijaxError):
     """A configuration value is invalid (bad budget string, unknown policy, ...)."""
+
+
+class InputError(ConfigError):
+    """A value given to pijax, as a function argument or a config key, has the wrong type or is out of range
+    (see pijax.validate)."""
 
 
 class BudgetError(PijaxError):

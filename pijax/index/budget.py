@@ -60,31 +60,43 @@ _UNITS: dict[str, int] = {
     "gib": 2**30,
     "tib": 2**40,
 }
+MAX_BUDGET_BYTES = 2**62
+"""The largest budget read (4 EiB): files record it as u64, and 'everything fits' is 2**62 in resolve_budget."""
 _BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_bytes(value: int | float | str) -> int:
     """'6GiB' -> 6442450944. Units: B; KB/MB/GB/TB (powers of 1000); K/M/G/T and KiB/MiB/GiB/TiB (powers of 1024).
 
-    A bare number is bytes. Fractions are floored to whole bytes. Anything else raises ConfigError.
+    A bare number is bytes. Fractions are floored to whole bytes. Anything else, a negative size or one above
+    MAX_BUDGET_BYTES raises ConfigError.
     """
     if isinstance(value, bool):
         raise ConfigError(f"budget must be a byte count or a string like '6GiB', got {value!r}")
     if isinstance(value, int | np.integer):
-        if value < 0:
-            raise ConfigError(f"budget must not be negative, got {value}")
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value) or value < 0:
-            raise ConfigError(f"budget must be a finite non-negative number of bytes, got {value!r}")
-        return int(value)
-    if not isinstance(value, str):
+        n = int(value)
+    elif isinstance(value, float | np.floating):
+        if not math.isfinite(value):
+            raise ConfigError(f"budget must be a finite number of bytes, got {value!r}")
+        n = int(value)
+    elif isinstance(value, str):
+        m = _BYTES_RE.match(value[:100])
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            if value.strip().startswith("-"):
+                raise ConfigError(f"budget must not be negative, got {value[:40]!r}")
+            raise ConfigError(f"cannot read budget {value[:40]!r}; write e.g. '6GiB', '512MiB', '2GB' or a byte count")
+        number = float(m.group(1))  # '1e999' reads as inf
+        if not math.isfinite(number) or number * _UNITS[unit] > MAX_BUDGET_BYTES:
+            raise ConfigError(f"budget {value[:40]!r} is larger than any memory ({MAX_BUDGET_BYTES:,d} bytes at most)")
+        n = int(number * _UNITS[unit])
+    else:
         raise ConfigError(f"budget must be a byte count or a string like '6GiB', got {type(value).__name__}")
-    m = _BYTES_RE.match(value)
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _UNITS:
-        raise ConfigError(f"cannot read budget {value!r}; write e.g. '6GiB', '512MiB', '2GB' or a byte count")
-    return int(float(m.group(1)) * _UNITS[unit])
+    if n < 0:
+        raise ConfigError(f"budget must not be negative, got {n}")
+    if n > MAX_BUDGET_BYTES:
+        raise ConfigError(f"budget {n:,d} bytes is larger than any memory ({MAX_BUDGET_BYTES:,d} bytes at most)")
+    return n
 
 
 def dtype_bytes(dtype: str | np.dtype | type) -> float:

@@ -265,7 +265,8 @@ def get_or_build_index(
             continue
         if built is None:
             return index, target, REUSED
-        where = "" if target == primary else f" (model folder {primary.parent} not writable)"
+        owner = "index.path" if cfg.path else "model"
+        where = "" if target == primary else f" ({owner} folder {primary.parent} not writable)"
         level = logging.WARNING if why.startswith(("corrupt", "truncated", "other model")) else logging.INFO
         log.log(level, "rebuilt gpuidx %s%s: %s", target, where, why)
         if cfg.policy == "all" and index.total_hot > plan.capacity_neurons:

@@ -10,7 +10,8 @@ maps 18 to I32 only under PWRI).
 pijax adds keys under `pijax.`: format version, model / stats / hardware fingerprints, policy name and
 parameters (JSON), budget bytes, capacity in neurons, and a CRC32 over the other metadata and all tensor
 bytes. A file with none of them (made by PowerInfer) loads with `verified=False`; a file with only some of them
-is corrupt. Read problems raise IndexFileError whose problem starts with "truncated" or "corrupt".
+is corrupt. Read problems raise IndexFileError whose problem starts with "missing", "truncated" or "corrupt"
+(or "not a file", "cannot read"). Files are written with the usual permissions (0666 less the umask).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
+import secrets
 import zlib
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,7 @@ def write_gpuidx(
         metadata[KEY_CHECKSUM] = _checksum(plain, arrays)
     names = [n for layer in range(len(buckets)) for n in _tensor_names(layer)]
     type_ids = {n: POWERINFER_I32_TYPE_ID for n in names} if compat else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         write_gguf(
             tmp, metadata, list(zip(names, arrays, strict=True)), magic="PWRI" if compat else "GGUF", type_ids=type_ids
@@ -185,6 +185,19 @@ def write_gpuidx(
             os.unlink(tmp)
         raise
     _fsync_path(path.parent)
+
+
+def _create_temp(path: Path) -> str:
+    """An empty `.<name>.<random>.tmp` next to `path`, created with mode 0666 less the umask, as other files are
+    (tempfile.mkstemp would make it 0600, so other users of a shared cache could not read the index)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def _fsync_path(path: str | os.PathLike[str]) -> None:
@@ -213,8 +226,14 @@ def _corrupt(problem: str, path: Path) -> IndexFileError:
 def load_gpuidx(path: str | os.PathLike[str]) -> GpuIndex:
     """Read and fully check a gpuidx file (pijax- or PowerInfer-made). Raises IndexFileError."""
     path = Path(path)
+    if not path.exists():
+        raise IndexFileError("missing: no such file", path)
+    if path.is_dir():
+        raise IndexFileError("not a file: it is a folder", path)
     try:
         return _load(path)
+    except PermissionError:
+        raise IndexFileError("cannot read: permission denied", path) from None
     except IndexFileError:
         raise
     except (PijaxError, OSError, ValueError, TypeError, IndexError, KeyError, OverflowError) as e:

@@ -46,6 +46,7 @@ from pijax.io.tokenizer import (
     TOKEN_UNUSED,
     TOKEN_USER_DEFINED,
 )
+from pijax.validate import check_bool, check_text
 
 KEY_PRE = "tokenizer.ggml.pre"
 KEY_MERGES = "tokenizer.ggml.merges"
@@ -226,6 +227,7 @@ class BPETokenizer:
         `bos`: add the model's special tokens, as llama.cpp's `add_special` (BOS only if the file's
         add_bos_token says so, EOS only if add_eos_token does). `special`: parse control-token text such as
         `<|im_start|>` into its id (user-defined tokens are always parsed, as in llama.cpp)."""
+        text, bos, special = check_text(text), check_bool(bos, "bos"), check_bool(special, "special")
         ids: list[int] = [self.bos_id] if bos and self.add_bos else []  # type: ignore[list-item]
         for fragment in self._partition(text, special):
             if isinstance(fragment, int):

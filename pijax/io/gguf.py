@@ -261,6 +261,13 @@ class _Cursor:
         return self.scalar(_SCALAR_FMT[vt], f"metadata {key!r}")
 
 
+def _shown(name: str, limit: int = 48) -> str:
+    """A name as error messages show it, cut at `limit` or its first unprintable character: a damaged length can
+    make a key thousands of raw bytes long."""
+    cut = min(limit, next((i for i, c in enumerate(name) if not c.isprintable()), len(name)))
+    return name if cut == len(name) else name[:cut] + "..."
+
+
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     """Parse a GGUF (or PowerInfer `PWRI`) file; any malformation raises GGUFFormatError naming the file."""
     path = Path(path)
@@ -287,8 +294,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     metadata_types: dict[str, VT] = {}
     for _ in range(n_kv):
         key = cur.string("metadata key")
-        vtype = cur.scalar("<I", f"metadata {key!r}")
-        metadata[key] = cur.value(vtype, key)
+        vtype = cur.scalar("<I", f"metadata {_shown(key)!r}")
+        metadata[key] = cur.value(vtype, _shown(key))
         metadata_types[key] = VT(vtype)
     alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     if alignment <= 0 or alignment & (alignment - 1):
@@ -296,12 +303,13 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     infos = []
     for _ in range(n_tensors):
         name = cur.string("tensor name")
-        n_dims = cur.scalar("<I", f"tensor {name}")
+        shown = _shown(name)
+        n_dims = cur.scalar("<I", f"tensor {shown}")
         if not 1 <= n_dims <= _MAX_DIMS:
-            raise GGUFFormatError(f"corrupt: tensor {name} has {n_dims} dimensions", path)
-        ne = [cur.scalar("<Q", f"tensor {name}") for _ in range(n_dims)]
-        type_id = cur.scalar("<I", f"tensor {name}")
-        rel = cur.scalar("<Q", f"tensor {name}")
+            raise GGUFFormatError(f"corrupt: tensor {shown} has {n_dims} dimensions", path)
+        ne = [cur.scalar("<Q", f"tensor {shown}") for _ in range(n_dims)]
+        type_id = cur.scalar("<I", f"tensor {shown}")
+        rel = cur.scalar("<Q", f"tensor {shown}")
         infos.append((name, ne, type_id, rel))
     data_start = -(-cur.pos // alignment) * alignment
     tensors: dict[str, TensorInfo] = {}

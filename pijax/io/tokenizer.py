@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pijax.errors import DataError, UnsupportedModelError
+from pijax.validate import check_bool, check_text
 
 SPACE_MARK = "\u2581"
 # llama.cpp prints an unknown token as this block character rather than its vocabulary text.
@@ -115,6 +116,7 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         """Ids of `text` as llama.cpp gives them (special-token text is not parsed); BOS first if `bos`."""
+        text, bos = check_text(text), check_bool(bos, "bos")  # one line for None, bytes, numbers, lone surrogates
         ids = [self.bos_id] if bos else []
         if not text:
             return ids

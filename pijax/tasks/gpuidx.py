@@ -4,16 +4,16 @@
 
 Profiles the model's activations on the corpus' train split (sparsity.max_tokens tokens, default 16384), plans the
 budget (pijax.index.plan_budget; relative budgets "ffn:X%" as in task=sweep), then `get_or_build_index` loads a
-valid index or rebuilds it (the log says why). The index lives next to a model given by model.path, as
-PowerInfer's does; for the shipped default model (and under smoke=true) it goes into the run folder, so the
-installed package is never written to. Prints the budget plan and the per-layer table; writes gpuidx_layers.csv
+valid index or rebuilds it (the log says why). The budget is checked before the profiling starts. The index lives
+next to a model given by model.path, as PowerInfer's does (in the per-user gpuidx cache when that folder is not
+writable, as for task=generate); for the shipped default model (and under smoke=true) it goes into the run folder,
+so the installed package is never written to. Prints the budget plan and the per-layer table; writes gpuidx_layers.csv
 and gpuidx_map.png (hot neurons per layer, ordered by activation count) into the run folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,6 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
     path = model_path(cfg.model.path, "")
     bm = load_bench_model(path, cfg.model.ffn_act, jax.devices()[0])
     model, mcfg = bm.model, bm.model.config
-    tokens = SMOKE_TOKENS if cfg.smoke else (cfg.sparsity.max_tokens or 16384)
-    stats = profile(model, text_windows(model, cfg.corpus, "train", 128, tokens), mode="relu")
     preds = model.checkpoint.weights.predictors
     kw: dict[str, Any] = {
         "weight_dtype": np.dtype(model.module.dtype).name,
@@ -88,9 +86,12 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
         "rounding": "powerinfer" if cfg.index.powerinfer_compat else "exact",
     }
     budget = resolve_budget(cfg.budget, mcfg, **kw)
-    plan = plan_budget(mcfg, budget, allow_all_cold=cfg.index.allow_all_cold, **kw)
+    plan = plan_budget(mcfg, budget, allow_all_cold=cfg.index.allow_all_cold, **kw)  # before the profiling work
+    tokens = SMOKE_TOKENS if cfg.smoke else (cfg.sparsity.max_tokens or 16384)
+    stats = profile(model, text_windows(model, cfg.corpus, "train", 128, tokens), mode="relu")
     index_cfg = cfg.index
-    if not index_cfg.path and (cfg.smoke or not cfg.model.path or not os.access(path.parent, os.W_OK)):
+    # a model folder that is not writable: get_or_build_index falls back to the per-user cache, as task=generate
+    if not index_cfg.path and (cfg.smoke or not cfg.model.path):
         index_cfg = dataclasses.replace(index_cfg, path=str(out_dir / f"{path.name}.generated.gpuidx"))
     index, where, reason = get_or_build_index(
         model.checkpoint.gguf, mcfg, stats, plan, index_cfg, predictor_ranks=kw["predictor_ranks"]
