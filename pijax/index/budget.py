@@ -15,6 +15,10 @@ predictor hidden, output logits).
 PowerInfer's own capacity rounding (`rounding="powerinfer"`, used with `powerinfer_compat`):
     capacity = floor(remaining / (n_ff x itemsize x (4.5 with a gate, else 2))) x 4
 It uses n_ff where the true cost is n_embd; pijax also caps it at the exact capacity so it can never overshoot.
+
+Budgets are absolute ("2GiB", "512MB", a byte count: `parse_bytes`) or relative to the model ("ffn:30%":
+`ffn_share`): the dense part plus that share of all FFN neurons, so one sweep grid means the same thing for a 260K
+and a 1.1B model. `plan_budget` reads both, so every task that takes a budget takes both.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,6 +64,7 @@ _UNITS: dict[str, int] = {
     "gib": 2**30,
     "tib": 2**40,
 }
+_FFN_RE = re.compile(r"^\s*ffn\s*:\s*([0-9]*\.?[0-9]+)\s*%\s*$", re.IGNORECASE)
 _BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -85,6 +90,40 @@ def parse_bytes(value: int | float | str) -> int:
     if m is None or unit not in _UNITS:
         raise ConfigError(f"cannot read budget {value!r}; write e.g. '6GiB', '512MiB', '2GB' or a byte count")
     return int(float(m.group(1)) * _UNITS[unit])
+
+
+def ffn_share(budget: str | int | float | None) -> float | None:
+    """0.3 for 'ffn:30%', None for anything else (an absolute budget)."""
+    if not isinstance(budget, str):
+        return None
+    m = _FFN_RE.match(budget)
+    if m is None:
+        if budget.strip().lower().startswith("ffn"):
+            raise ConfigError(f"cannot read budget {budget!r}; a relative budget is written like 'ffn:30%'")
+        return None
+    share = float(m.group(1)) / 100.0
+    if share > 1.0:
+        raise ConfigError(f"budget {budget!r}: the FFN share must be at most 100%")
+    return share
+
+
+def resolve_budget(budget: str | int | float | None, model_cfg: ModelConfig, **plan_kwargs: Any) -> int | str:
+    """Bytes for 'ffn:X%' (dense part + X% of all FFN neurons, under plan_budget(**plan_kwargs)); None means
+    'ffn:100%'; any other budget is returned unchanged for plan_budget to read."""
+    share = 1.0 if budget is None else ffn_share(budget)
+    if share is None:
+        return budget  # type: ignore[return-value]
+    return ffn_budget_bytes(share, model_cfg, **plan_kwargs)
+
+
+def ffn_budget_bytes(share: float, model_cfg: ModelConfig, **plan_kwargs: Any) -> int:
+    """The budget that holds the dense part (under plan_budget(**plan_kwargs)) plus `share` of all FFN neurons."""
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"the FFN share must be between 0 and 1, got {share!r}")
+    plan_kwargs = {k: v for k, v in plan_kwargs.items() if k != "allow_all_cold"}
+    full = plan_budget(model_cfg, 2**62, **plan_kwargs)
+    per = full.bytes_per_neuron + BUCKET_BYTES_PER_NEURON
+    return full.dense_bytes + math.ceil(share * full.total_neurons) * per
 
 
 def dtype_bytes(dtype: str | np.dtype | type) -> float:
@@ -167,11 +206,30 @@ def plan_budget(
 ) -> BudgetPlan:
     """Account `budget` (total over `n_devices` accelerators) and return the FFN neuron capacity.
 
+    budget: bytes, a size string ('2GiB') or a share of the FFN ('ffn:30%': the dense part under these same
+    settings plus 30% of all FFN neurons).
+
     n_ctx defaults to the model's; n_batch is clipped to n_ctx. With `replicate_dense` every device holds the
     dense part and its own compute buffers; otherwise the dense part is counted once (sharded). Raises
     BudgetError naming the bytes needed when the dense part does not fit, unless `allow_all_cold`, which
     returns a plan with capacity 0 and `fits=False`.
     """
+    if ffn_share(budget) is not None:
+        budget = resolve_budget(
+            budget,
+            model_cfg,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            predictor_dtype=predictor_dtype,
+            compute_dtype=compute_dtype,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            predictor_ranks=predictor_ranks,
+            gated=gated,
+            n_devices=n_devices,
+            replicate_dense=replicate_dense,
+            rounding=rounding,
+        )
     budget_bytes = parse_bytes(budget)
     cfg = model_cfg
     if n_devices < 1:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pijax.bench.session import load_bench_model, model_path, text_windows
-from pijax.bench.throughput import resolve_budget
+from pijax.index.budget import resolve_budget
 from pijax.results import write_results_csv
 from pijax.run_config import RunConfig
 

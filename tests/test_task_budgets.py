@@ -1,0 +1,45 @@
+"""Every task that takes a budget reads both spellings the sweeps use: 'ffn:X%' (relative to the model) and bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pijax.paths import ASSETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_task(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "pijax.run", *overrides, f"hydra.run.dir={tmp / 'run'}"]
+    return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_accepts_a_share_of_the_ffn_as_its_budget(tmp_path):
+    model = shutil.copy(ASSETS / "stories260K_relu.gguf", tmp_path)
+    proc = run_task(
+        tmp_path,
+        "task=generate",
+        "index=uniform",
+        "budget=ffn:50%",
+        f"model.path={model}",
+        "generate.max_new_tokens=4",
+        "sparsity.max_tokens=2048",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "run" / "hybrid.json").read_text())
+    assert rec["hot_neurons"] == [86] * 5  # half of each layer's 172 neurons
+    assert 0 < rec["resident_bytes"] <= rec["budget_bytes"]
+
+
+def test_generate_names_a_misspelt_share_in_one_line(tmp_path):
+    model = shutil.copy(ASSETS / "stories260K_relu.gguf", tmp_path)
+    proc = run_task(tmp_path, "task=generate", "index=uniform", "budget=ffn:150%", f"model.path={model}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("pijax: error:") and "ffn:150%" in proc.stderr
