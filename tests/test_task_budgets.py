@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -43,3 +44,13 @@ def test_generate_names_a_misspelt_share_in_one_line(tmp_path):
     proc = run_task(tmp_path, "task=generate", "index=uniform", "budget=ffn:150%", f"model.path={model}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("pijax: error:") and "ffn:150%" in proc.stderr
+
+
+def test_gpuidx_task_loads_the_shipped_relu_model_and_places_the_share_asked_for(tmp_path):
+    proc = run_task(tmp_path, "+experiment=gpuidx", "smoke=true", "index=uniform", "budget=ffn:30%")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "run" / "gpuidx_layers.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["hot"]) for r in rows] == [258 // 5] * 5  # ceil(30% of 860) = 258 neurons, the same per layer
+    assert (tmp_path / "run" / "stories260K_relu_predictors.gguf.generated.gpuidx").is_file()
+    assert not list(ASSETS.glob("*.gpuidx"))  # the installed package is never written to

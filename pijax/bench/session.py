@@ -19,10 +19,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pijax.errors import ConfigError
-from pijax.paths import ASSETS
+from pijax.paths import default_relu_model
 
-RELU_PREDICTORS = ASSETS / "stories260K_relu_predictors.gguf"
-RELU = ASSETS / "stories260K_relu.gguf"
 REAL, SYNTHETIC = "real", "synthetic"
 
 T = TypeVar("T")
@@ -38,11 +36,6 @@ def cached(key: Hashable, make: Callable[[], T]) -> T:
 
 def clear_cache() -> None:
     _CACHE.clear()
-
-
-def default_relu_model() -> Path:
-    """The shipped ReLU-fied stories260K, preferring the copy with trained predictors."""
-    return RELU_PREDICTORS if RELU_PREDICTORS.is_file() else RELU
 
 
 def model_path(path: str, synthetic: str, *, progress: bool = True) -> Path:
@@ -103,8 +96,6 @@ def load_bench_model(path: Path, ffn_act: Any, host: Any) -> BenchModel:
 
 def text_windows(model: Any, corpus_path: str, split: str, seq_len: int, max_tokens: int) -> np.ndarray:
     """Token windows [N, seq_len] from the corpus' train split (first 90%) or held-out split (last 10%)."""
-    from pijax.corpus import load_corpus, token_windows
+    from pijax.corpus import split_windows
 
-    train, held = load_corpus(corpus_path or None).split(0.1)
-    docs = train.docs if split == "train" else held.docs
-    return token_windows(model.tokenizer, docs, seq_len, max_tokens=max_tokens)
+    return split_windows(model.tokenizer, corpus_path or None, split, seq_len, max_tokens)
