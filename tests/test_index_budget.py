@@ -41,7 +41,15 @@ def test_parse_bytes_rejects_bad_input_with_config_error(bad):
 
 def test_dense_parts_follow_the_documented_formulas():
     cfg = STORIES
-    plan = plan_budget(cfg, "64MiB", weight_dtype="f16", kv_dtype="f16", n_batch=32, predictor_ranks=[16] * 5)
+    plan = plan_budget(
+        cfg,
+        "64MiB",
+        weight_dtype="f16",
+        kv_dtype="f16",
+        n_batch=32,
+        predictor_ranks=[16] * 5,
+        compute_buffers="formula",
+    )
     d, dkv, f, layers = 64, 32, 172, 5
     assert plan.attention_bytes == layers * ((2 * d * d + 2 * dkv * d) * 2 + d * 4)
     assert plan.predictor_bytes == layers * (16 * d + f * 16) * 2

@@ -7,10 +7,11 @@ budget that "fits" does not run out of memory later. The token embedding never g
 Per hot neuron: (3 with a gate, else 2) x n_embd x itemsize weight bytes, plus 4 bytes for its int32 bucket entry.
 Each layer also keeps an int32 [n_ff] neuron map on the accelerator (PowerInfer's gpu_idx), counted as dense.
 
-Compute buffers are an estimate, in the compute dtype, for a step of n_batch tokens:
+Compute buffers (`compute_buffers="xla"`, the default) are the temporaries XLA compiles for the dense model's
+decode step and a prefill of n_batch tokens at n_ctx, times a safety margin (pijax.index.compute_buffers). The
+closed formula of earlier versions (`compute_buffers="formula"`) is kept for comparison; it over-reserves ~10x:
     n_batch x (4 D + 2 D_kv + H x n_ctx + 4 F + R_max + V) x compute_itemsize
-(residual and normed input, q, attention output, k, v, attention scores, gate/up/activation/predictor logits,
-predictor hidden, output logits).
+n_batch (default 32) is the longest prompt chunk the plan allows: a longer prompt prefilled at once needs more.
 
 PowerInfer's own capacity rounding (`rounding="powerinfer"`, used with `powerinfer_compat`):
     capacity = floor(remaining / (n_ff x itemsize x (4.5 with a gate, else 2))) x 4
@@ -155,6 +156,7 @@ class BudgetPlan:
     total_neurons: int
     fits: bool
     rounding: Literal["exact", "powerinfer"] = "exact"
+    compute_source: str = "formula"  # how compute_buffer_bytes was found: "xla", "formula" or "given"
 
     @property
     def dense_bytes(self) -> int:
@@ -178,6 +180,7 @@ class BudgetPlan:
 
     def summary(self) -> str:
         rows = [f"{k:<20} {v:>16,d}" for k, v in self.parts().items()]
+        rows[list(self.parts()).index("compute buffers")] += f"   ({self.compute_source})"
         rows.append(f"{'dense total':<20} {self.dense_bytes:>16,d}")
         rows.append(f"{'budget':<20} {self.budget_bytes:>16,d}")
         rows.append(
@@ -196,13 +199,14 @@ def plan_budget(
     predictor_dtype: str | np.dtype | None = None,
     compute_dtype: str | np.dtype = "f32",
     n_ctx: int | None = None,
-    n_batch: int = 512,
+    n_batch: int = 32,
     predictor_ranks: Sequence[int] | None = None,
     gated: bool = True,
     n_devices: int = 1,
     replicate_dense: bool = True,
     rounding: Literal["exact", "powerinfer"] = "exact",
     allow_all_cold: bool = False,
+    compute_buffers: Literal["xla", "formula"] | int = "xla",
 ) -> BudgetPlan:
     """Account `budget` (total over `n_devices` accelerators) and return the FFN neuron capacity.
 
@@ -229,6 +233,7 @@ def plan_budget(
             n_devices=n_devices,
             replicate_dense=replicate_dense,
             rounding=rounding,
+            compute_buffers=compute_buffers,
         )
     budget_bytes = parse_bytes(budget)
     cfg = model_cfg
@@ -256,7 +261,19 @@ def plan_budget(
     kv_cache = math.ceil(2 * n_layer * n_ctx * dkv * kvb)
     tokens = min(n_batch, n_ctx)
     r_max = max(ranks, default=0)
-    compute = math.ceil(tokens * (4 * d + 2 * dkv + cfg.n_head * n_ctx + 4 * f + r_max + cfg.n_vocab) * cb)
+    if isinstance(compute_buffers, int) and not isinstance(compute_buffers, bool):
+        compute, source = int(compute_buffers), "given"
+    elif compute_buffers == "formula":
+        compute = math.ceil(tokens * (4 * d + 2 * dkv + cfg.n_head * n_ctx + 4 * f + r_max + cfg.n_vocab) * cb)
+        source = "formula"
+    elif compute_buffers == "xla":
+        from pijax.index.compute_buffers import SAFETY_MARGIN, reserved_compute_bytes
+
+        dtype = "float32" if cb >= 4 else "bfloat16"
+        compute = reserved_compute_bytes(cfg, n_ctx, tokens, dtype=dtype, r_max=r_max, itemsize=cb)
+        source = f"xla x{SAFETY_MARGIN:g}"
+    else:
+        raise ConfigError(f"compute_buffers must be 'xla', 'formula' or a byte count, got {compute_buffers!r}")
     neuron_maps = n_layer * f * 4
     copies = n_devices if replicate_dense else 1
     dense = (attention + predictors + ffn_norms + output + kv_cache + neuron_maps) * copies + compute * n_devices
@@ -290,4 +307,5 @@ def plan_budget(
         total_neurons=total,
         fits=fits,
         rounding=rounding,
+        compute_source=source,
     )
