@@ -137,7 +137,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
             results["llamacpp_missing"] = why
             print(f"llama.cpp: {why}")
     probe = BandwidthProbe(cfg.probe_gb)
-    from pijax.bench.synth import preset_spec
+    from pijax.bench.synth_spec import preset_spec
 
     n_vocab = preset_spec(cfg.preset, **dict(cfg.synth_overrides)).n_vocab
     prompt = np.random.default_rng(0).integers(3, n_vocab, cfg.n_prompt).tolist()

@@ -68,7 +68,7 @@ def load_bench_model(path: Path, ffn_act: Any, host: Any) -> BenchModel:
     import jax
 
     from pijax.api import load_model
-    from pijax.bench.synth import spec_from_metadata
+    from pijax.bench.synth_spec import spec_from_metadata
 
     def make() -> BenchModel:
         with jax.default_device(host):
