@@ -122,7 +122,7 @@ def collect_trace(
     "oracle": act != 0; "dense": every row. counts / n_counted_tokens: the true statistics the index is built from."""
     import jax.numpy as jnp
 
-    from pijax.sparsity.predictors import predictor_logits
+    from pijax.sparsity.predictor_data import predictor_logits
     from pijax.sparsity.profile import check_windows, profile
 
     source = resolve_source(source, model)

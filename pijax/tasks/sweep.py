@@ -112,7 +112,8 @@ def _dense_logits_fn(bm: BenchModel, host: Any) -> Any:
 def _predictor_metrics(bm: BenchModel, windows: np.ndarray, host: Any) -> tuple[float, float] | None:
     if not bm.has_predictors:
         return None
-    from pijax.sparsity.predictors import PredictorMetrics, evaluate_predictors
+    from pijax.sparsity.predictor_data import PredictorMetrics
+    from pijax.sparsity.predictors import evaluate_predictors
 
     def make() -> tuple[float, float]:
         w = bm.model.checkpoint.weights
