@@ -1,7 +1,8 @@
 """Benchmark: pijax decode/prefill against llama.cpp on the same synthetic GGUF, and against the bandwidth bound.
 
-`python -m pijax.bench.decode` (or `python -m pijax.run +experiment=bench_decode`). In one run, on the SYNTHETIC
-power-law ReGLU model of `BenchConfig.preset` (built on first use by `pijax.bench.synth`):
+`python -m pijax.bench.decode --parts dense,sparse,hybrid --preset P --repeats N --out DIR` (or
+`python -m pijax.run +experiment=bench_decode`). In one run, on the SYNTHETIC power-law ReGLU model of
+`BenchConfig.preset` (built on first use by `pijax.bench.synth`; or a GGUF path):
 - llama.cpp (llama-cpp-python, n_threads = `threads`) dense f32 and f16 on plain copies of the model, in child
   processes, once before and once after pijax's measurements (so a load change shows);
 - pijax dense f32 (XLA's DenseFFN, and the kernel FFN), sparse f32 (predictors, ~10% predicted active), sparse in
@@ -9,6 +10,9 @@ power-law ReGLU model of `BenchConfig.preset` (built on first use by `pijax.benc
 - the bound: read bandwidth (re-measured before every repeat) over the bytes a decode step must read: attention,
   output head, predictors, the predicted-active FFN rows (3 per neuron), the KV cache; and the bytes the kernel
   really touches (for ReLU FFNs it skips up/down_t rows of selected neurons whose gate product is <= 0);
+- the hybrid engine (hot rows on the accelerators, cold on the host, built by pijax.layout.pipeline) at each budget
+  of `hybrid_budgets`, neurons placed by `hybrid_policy` (part `hybrid`) or whole layers (part `layers`):
+  `pijax.bench.decode_hybrid`, rows `pijax_hybrid_f32_ffn:X%` / `pijax_layers_f32_ffn:X%`;
 - a per-component profile of one decode step, the active-fraction sweep, the model-size points (a 7B-shaped layer
   stack) and the FFN-layer comparison (`pijax.bench.ffn_kernel`).
 Everything is written to `out_dir` (results.json, decode.csv, sweep.csv, targets.md, PNGs). Timing never runs in
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +41,7 @@ from pijax.bench.decode_bytes import kv_bytes, selection_stats, step_bytes, weig
 from pijax.bench.decode_config import BenchConfig
 from pijax.bench.decode_timing import measure_pijax, profile_step, spread, with_bound
 from pijax.bench.dense_decode import BandwidthProbe
+from pijax.errors import DataError, PijaxError
 from pijax.kernels import build
 from pijax.kernels.convert import load_llama, use_kernels
 from pijax.kernels.fast_ffn import KernelFFN
@@ -52,10 +58,20 @@ class ModelFiles:
 
 
 def model_files(preset: str, overrides: Sequence[tuple[str, Any]] = (), plain: bool = True) -> ModelFiles:
-    from pijax.bench.synth import ensure_synth_model
+    """A synthetic preset (built on first use), or the path of a GGUF file (its plain copies go to the cache)."""
+    from pijax.bench.synth import default_cache_dir, ensure_synth_model
 
-    pwri = ensure_synth_model(preset, **dict(overrides))
-    f32, f16 = (pwri.with_name(pwri.stem + f".plain-{s}.gguf") for s in ("f32", "f16"))
+    if preset.endswith(".gguf"):
+        pwri = Path(preset).expanduser()
+        if not pwri.is_file():
+            raise DataError("no such model file", pwri)
+        folder = default_cache_dir() / "plain"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{pwri.stem}-{hashlib.sha256(str(pwri.resolve()).encode()).hexdigest()[:8]}"
+        f32, f16 = (folder / f"{stem}.plain-{s}.gguf" for s in ("f32", "f16"))
+    else:
+        pwri = ensure_synth_model(preset, **dict(overrides))
+        f32, f16 = (pwri.with_name(pwri.stem + f".plain-{s}.gguf") for s in ("f32", "f16"))
     if plain:
         llamacpp.plain_gguf(pwri, f32, "f32")
         llamacpp.plain_gguf(pwri, f16, "f16")
@@ -107,8 +123,16 @@ def _report(res: dict[str, Any]) -> None:
     print(line, flush=True)
 
 
-def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the parts of `cfg`; returns (and writes to out_dir/results.json) every figure."""
+def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str, Any]:
+    """Run the parts of `cfg`; returns (and writes to out_dir/results.json) every figure. hardware: the
+    HardwareConfig of the hybrid parts (default: auto, one accelerator)."""
+    parts = set(cfg.parts)
+    placement = None
+    if parts & {"hybrid", "layers"}:  # first: virtual CPU devices must exist before jax's backend starts
+        from pijax.layout.config import HardwareConfig
+        from pijax.layout.devices import setup_devices
+
+        placement = setup_devices(hardware or HardwareConfig())
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     build.set_threads(cfg.threads)
@@ -124,9 +148,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
             "llama_cpp": why,
         },
         "load_average": {"start": _load_avg()},
-        "synthetic": True,
+        "synthetic": not cfg.preset.endswith(".gguf"),
     }
-    parts = set(cfg.parts)
     want_plain = bool(parts & {"llamacpp", "dense", "sparse", "lowp", "sweep", "profile"})
     files = model_files(cfg.preset, cfg.synth_overrides, plain=want_plain)
     results["files"] = {k: str(v) for k, v in dataclasses.asdict(files).items()}
@@ -139,7 +162,12 @@ def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
     probe = BandwidthProbe(cfg.probe_gb)
     from pijax.bench.synth_spec import preset_spec
 
-    n_vocab = preset_spec(cfg.preset, **dict(cfg.synth_overrides)).n_vocab
+    if cfg.preset.endswith(".gguf"):
+        from pijax.io.checkpoint import load_checkpoint
+
+        n_vocab = load_checkpoint(files.pwri).config.n_vocab
+    else:
+        n_vocab = preset_spec(cfg.preset, **dict(cfg.synth_overrides)).n_vocab
     prompt = np.random.default_rng(0).integers(3, n_vocab, cfg.n_prompt).tolist()
 
     if "dense" in parts:
@@ -184,6 +212,12 @@ def run_bench(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
         if "sweep" in parts and fmt in cfg.sweep_formats:
             results[f"sweep_{fmt}"] = sweep(llama, prompt, cfg, probe, st, wb)
         _drop(llama)
+
+    policies = [p for part, p in (("hybrid", cfg.hybrid_policy), ("layers", "layers")) if part in parts]
+    if policies:
+        from pijax.bench.decode_hybrid import measure_hybrid
+
+        results |= measure_hybrid(files.pwri, cfg, prompt, probe, placement, policies)
 
     if "llamacpp" in parts and ok:
         _llamacpp_round(files, cfg, results, "after")
@@ -273,12 +307,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-new", type=int, default=BenchConfig().n_new)
     ap.add_argument("--n-prompt", type=int, default=BenchConfig().n_prompt)
     ap.add_argument("--preset", default=BenchConfig().preset)
+    ap.add_argument("--budgets", default=",".join(BenchConfig().hybrid_budgets), help="hybrid budgets, ffn:X%%")
+    ap.add_argument("--policy", default=BenchConfig().hybrid_policy, help="index policy of the hybrid rows")
+    ap.add_argument("--hardware", default="auto", choices=("auto", "cpu", "gpu"), help="accelerators of the hybrid")
     ap.add_argument("--out", type=Path, default=Path("experiments/bench"))
     a = ap.parse_args(argv)
-    cfg = BenchConfig(
-        preset=a.preset, parts=tuple(a.parts.split(",")), repeats=a.repeats, n_new=a.n_new, n_prompt=a.n_prompt
-    )
-    run_bench(cfg, a.out)
+    from pijax.layout.config import HardwareConfig
+
+    try:
+        cfg = BenchConfig(
+            preset=a.preset,
+            parts=tuple(a.parts.split(",")),
+            repeats=a.repeats,
+            n_new=a.n_new,
+            n_prompt=a.n_prompt,
+            hybrid_budgets=tuple(a.budgets.split(",")),
+            hybrid_policy=a.policy,
+        )
+        run_bench(cfg, a.out, HardwareConfig(platform=a.hardware))
+    except PijaxError as e:
+        raise SystemExit(f"pijax: error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -8,16 +8,21 @@ from __future__ import annotations
 import dataclasses
 
 from pijax.errors import ConfigError
+from pijax.index.budget import ffn_share
 
-BENCH_PARTS = ("llamacpp", "dense", "sparse", "lowp", "sweep", "size", "ffn", "profile")
+BENCH_PARTS = ("llamacpp", "dense", "sparse", "hybrid", "layers", "lowp", "sweep", "size", "ffn", "profile")
+HYBRID_BUDGETS = ("ffn:0%", "ffn:20%", "ffn:50%", "ffn:80%", "ffn:100%")
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """What `python -m pijax.run +experiment=bench_decode` measures.
 
-    preset / synth_overrides: the SYNTHETIC model (`pijax.bench.synth`); the llama.cpp-loadable f32 and f16 copies
-      are written next to it. parts: which measurements run (see BENCH_PARTS; `ffn` and `size` use the 7B-shaped
+    preset / synth_overrides: the SYNTHETIC model (`pijax.bench.synth`), or the path of a ReLU GGUF with predictors
+      (e.g. pijax/assets/stories260K_relu_predictors.gguf); the llama.cpp-loadable f32 and f16 copies are written
+      next to a synthetic model, into the synthetic cache for a path.
+    hybrid_budgets / hybrid_policy / hybrid_profile_tokens: parts `hybrid` (neurons placed by hybrid_policy) and
+      `layers` (whole layers, llama.cpp -ngl): the hybrid engine at each budget (pijax.bench.decode_hybrid). parts: which measurements run (see BENCH_PARTS; `ffn` and `size` use the 7B-shaped
       layer stack `size_preset` with `size_layers` layers).
     threads: llama.cpp's n_threads and the kernels' thread count (XLA:CPU uses every core it is given).
     n_prompt / n_new: prompt length (prefill, one batch) and decoded tokens per repeat; `repeats` timed repeats
@@ -43,6 +48,9 @@ class BenchConfig:
     size_layers: int = 4
     ffn_repeats: int = 30
     probe_gb: float = 1.2
+    hybrid_budgets: tuple[str, ...] = HYBRID_BUDGETS
+    hybrid_policy: str = "powerinfer"
+    hybrid_profile_tokens: int = 4096
     out_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -51,6 +59,9 @@ class BenchConfig:
             raise ConfigError(f"bench.parts {bad} are not among {BENCH_PARTS}")
         if self.repeats < 1 or self.n_new < 2 or self.n_prompt < 1 or self.threads < 1:
             raise ConfigError("bench needs repeats >= 1, n_new >= 2, n_prompt >= 1, threads >= 1")
+        for b in self.hybrid_budgets:
+            if ffn_share(b) is None:
+                raise ConfigError(f"bench.hybrid_budgets are written like 'ffn:50%', got {b!r}")
         if any(not 0 < f <= 1 for f in self.sweep_fractions):
             raise ConfigError(f"bench.sweep_fractions must be in (0, 1], got {self.sweep_fractions}")
 
@@ -68,4 +79,6 @@ class BenchConfig:
             sweep_formats=("f32",),
             lowp_formats=("int8",),
             probe_gb=0.05,
+            hybrid_budgets=("ffn:0%", "ffn:100%"),
+            hybrid_profile_tokens=512,
         )

@@ -117,6 +117,11 @@ def engines_table(results: dict[str, Any]) -> list[dict[str, Any]]:
             row["share_of_bound"] = round(r["share_of_bound_bound"]["median"], 3)
             row["share_of_touched_bound"] = round(r["share_of_touched_bound"]["median"], 3)
             row["bandwidth_GBps"] = round(r["bandwidth_GBps"]["median"], 2)
+        for key in ("policy", "budget", "budget_bytes", "resident_bytes"):
+            if key in r:
+                row[key] = r[key]
+        if "hot_fraction" in r:
+            row["hot_fraction"] = round(r["hot_fraction"], 4)
         if "selection" in r:
             row["selected_fraction"] = round(r["selection"]["selected_fraction"], 4)
             row["live_fraction"] = round(r["selection"]["live_fraction"], 4)

@@ -36,10 +36,17 @@ def spread(xs: Sequence[float]) -> dict[str, float]:
 def measure_pijax(
     llama: Llama, prompt: Sequence[int], n_new: int, repeats: int, probe: BandwidthProbe | None, label: str
 ) -> dict[str, Any]:
-    """Prefill and decode tok/s of the Engine over `llama`: one warm-up, then timed generations until `repeats`
-    of them ran with little foreign CPU (see `pijax.bench.contention`; at most 3 x repeats tries, after which
-    every try counts and the result says `contended`). The read bandwidth is measured right before each."""
-    engine = Engine(llama)
+    """Prefill and decode tok/s of the Engine over `llama` (see `measure_engine`)."""
+    return measure_engine(Engine(llama), prompt, n_new, repeats, probe, label)
+
+
+def measure_engine(
+    engine: Any, prompt: Sequence[int], n_new: int, repeats: int, probe: BandwidthProbe | None, label: str
+) -> dict[str, Any]:
+    """Prefill and decode tok/s of `engine` (anything with the Engine's `generate` and `cache_size`): one warm-up,
+    then timed generations until `repeats` of them ran with little foreign CPU (see `pijax.bench.contention`; at
+    most 3 x repeats tries, after which every try counts and the result says `contended`). The read bandwidth is
+    measured right before each."""
     out = engine.generate(prompt, n_new, GREEDY)  # compile, page everything in
     pre, dec, bw, foreign, ids = [], [], [], [], out.new_ids
     bar = tqdm(total=repeats, desc=label, leave=False)
@@ -53,7 +60,6 @@ def measure_pijax(
         dec.append(out.decode_steps / out.decode_s)
         bar.update(1)
     bar.close()
-    del engine
     gc.collect()
     keep = clean_mask(foreign, repeats)
     kept = [i for i, k in enumerate(keep) if k]
@@ -65,7 +71,7 @@ def measure_pijax(
     if bw:
         res["bandwidth_runs"] = [bw[i] for i in kept]
         res["bandwidth_GBps"] = spread([b / 1e9 for b in res["bandwidth_runs"]])
-    res["n_cache"] = Engine(llama).cache_size(len(prompt), n_new)
+    res["n_cache"] = engine.cache_size(len(prompt), n_new)
     return res
 
 
