@@ -150,7 +150,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         "load_average": {"start": _load_avg()},
         "synthetic": not cfg.preset.endswith(".gguf"),
     }
-    want_plain = bool(parts & {"llamacpp", "dense", "sparse", "lowp", "sweep", "profile"})
+    want_plain = bool(parts & {"llamacpp", "dense", "dense_xla", "sparse", "lowp", "sweep", "profile"})
     files = model_files(cfg.preset, cfg.synth_overrides, plain=want_plain)
     results["files"] = {k: str(v) for k, v in dataclasses.asdict(files).items()}
     if "llamacpp" in parts:
@@ -190,6 +190,14 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
             b.ffn.skip_inactive = True
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax exact zero-skip f32 (no predictor)")
         results["pijax_zeroskip_f32"] = r
+        _report(r)
+        _drop(llama)
+
+    elif "dense_xla" in parts:  # the all-on-accelerator dense baseline only (no CPU kernels: runs on a GPU too)
+        llama = load_llama(files.plain_f32, "f32", xla_ffn=True)
+        wb = weight_bytes(llama)
+        r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (XLA FFN)")
+        results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
         _drop(llama)
 

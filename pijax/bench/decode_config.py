@@ -10,7 +10,19 @@ import dataclasses
 from pijax.errors import ConfigError
 from pijax.index.budget import ffn_share
 
-BENCH_PARTS = ("llamacpp", "dense", "sparse", "hybrid", "layers", "lowp", "sweep", "size", "ffn", "profile")
+BENCH_PARTS = (
+    "llamacpp",
+    "dense",
+    "dense_xla",
+    "sparse",
+    "hybrid",
+    "layers",
+    "lowp",
+    "sweep",
+    "size",
+    "ffn",
+    "profile",
+)
 HYBRID_BUDGETS = ("ffn:0%", "ffn:20%", "ffn:50%", "ffn:80%", "ffn:100%")
 
 
@@ -23,7 +35,8 @@ class BenchConfig:
       next to a synthetic model, into the synthetic cache for a path.
     hybrid_budgets / hybrid_policy / hybrid_profile_tokens: parts `hybrid` (neurons placed by hybrid_policy) and
       `layers` (whole layers, llama.cpp -ngl): the hybrid engine at each budget (pijax.bench.decode_hybrid). parts: which measurements run (see BENCH_PARTS; `ffn` and `size` use the 7B-shaped
-      layer stack `size_preset` with `size_layers` layers).
+      layer stack `size_preset` with `size_layers` layers; `dense_xla` is the XLA dense engine alone, the
+      all-on-accelerator baseline of a GPU run).
     threads: llama.cpp's n_threads and the kernels' thread count (XLA:CPU uses every core it is given).
     n_prompt / n_new: prompt length (prefill, one batch) and decoded tokens per repeat; `repeats` timed repeats
       after one warm-up, medians reported with min and max. Sweeps use `sweep_new` tokens per repeat.
@@ -35,7 +48,7 @@ class BenchConfig:
 
     preset: str = "tinyllama-1.1b"
     synth_overrides: tuple[tuple[str, object], ...] = ()
-    parts: tuple[str, ...] = BENCH_PARTS
+    parts: tuple[str, ...] = tuple(p for p in BENCH_PARTS if p != "dense_xla")  # dense measures it too
     threads: int = 2
     n_prompt: int = 128
     n_new: int = 128
