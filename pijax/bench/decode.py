@@ -57,12 +57,21 @@ class ModelFiles:
     plain_f16: Path
 
 
-def model_files(preset: str, overrides: Sequence[tuple[str, Any]] = (), plain: bool = True) -> ModelFiles:
-    """A synthetic preset (built on first use), or the path of a GGUF file (its plain copies go to the cache)."""
-    from pijax.bench.synth import default_cache_dir, ensure_synth_model
+def is_model_file(preset: str) -> bool:
+    """True for a GGUF path or a registered model name (pijax.io.registry), False for a synthetic preset."""
+    from pijax.io.registry import is_registry_name
 
-    if preset.endswith(".gguf"):
-        pwri = Path(preset).expanduser()
+    return preset.endswith(".gguf") or is_registry_name(preset)
+
+
+def model_files(preset: str, overrides: Sequence[tuple[str, Any]] = (), plain: bool = True) -> ModelFiles:
+    """A synthetic preset (built on first use), a registered model name, or the path of a GGUF file (their plain
+    copies go to the cache)."""
+    from pijax.bench.synth import default_cache_dir, ensure_synth_model
+    from pijax.io.registry import is_registry_name, resolve_model
+
+    if is_model_file(preset):
+        pwri = resolve_model(preset) if is_registry_name(preset) else Path(preset).expanduser()
         if not pwri.is_file():
             raise DataError("no such model file", pwri)
         folder = default_cache_dir() / "plain"
@@ -148,7 +157,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
             "llama_cpp": why,
         },
         "load_average": {"start": _load_avg()},
-        "synthetic": not cfg.preset.endswith(".gguf"),
+        "synthetic": not is_model_file(cfg.preset),
     }
     want_plain = bool(parts & {"llamacpp", "dense", "dense_xla", "sparse", "lowp", "sweep", "profile"})
     files = model_files(cfg.preset, cfg.synth_overrides, plain=want_plain)
@@ -162,7 +171,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
     probe = BandwidthProbe(cfg.probe_gb)
     from pijax.bench.synth_spec import preset_spec
 
-    if cfg.preset.endswith(".gguf"):
+    if is_model_file(cfg.preset):
         from pijax.io.checkpoint import load_checkpoint
 
         n_vocab = load_checkpoint(files.pwri).config.n_vocab

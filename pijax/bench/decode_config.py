@@ -30,8 +30,8 @@ HYBRID_BUDGETS = ("ffn:0%", "ffn:20%", "ffn:50%", "ffn:80%", "ffn:100%")
 class BenchConfig:
     """What `python -m pijax.run +experiment=bench_decode` measures.
 
-    preset / synth_overrides: the SYNTHETIC model (`pijax.bench.synth`), or the path of a ReLU GGUF with predictors
-      (e.g. pijax/assets/stories260K_relu_predictors.gguf); the llama.cpp-loadable f32 and f16 copies are written
+    preset / synth_overrides: the SYNTHETIC model (`pijax.bench.synth`), a registered model name (smollm2-135m)
+      or the path of a GGUF (e.g. pijax/assets/stories260K_relu_predictors.gguf); the llama.cpp-loadable f32 and f16 copies are written
       next to a synthetic model, into the synthetic cache for a path.
     hybrid_budgets / hybrid_policy / hybrid_profile_tokens: parts `hybrid` (neurons placed by hybrid_policy) and
       `layers` (whole layers, llama.cpp -ngl): the hybrid engine at each budget (pijax.bench.decode_hybrid). parts: which measurements run (see BENCH_PARTS; `ffn` and `size` use the 7B-shaped
