@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pijax.errors import ConfigError
-from pijax.paths import default_relu_model
+from pijax.paths import RELU_STORIES260K, RELU_STORIES260K_PREDICTORS, default_relu_model
 
+RELU, RELU_PREDICTORS = RELU_STORIES260K, RELU_STORIES260K_PREDICTORS  # the notebooks' names
 REAL, SYNTHETIC = "real", "synthetic"
 
 T = TypeVar("T")
