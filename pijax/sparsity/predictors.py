@@ -42,8 +42,6 @@ from pijax.errors import DataError
 from pijax.io.weights import PredictorWeights
 from pijax.sparsity.predictor_config import PredictorTrainConfig
 from pijax.sparsity.predictor_data import PairSet, PredictorMetrics, active_mask, jit_logits, recall_threshold
-from pijax.sparsity.predictor_data import collect_pairs as collect_pairs  # re-exported: the notebooks' import
-from pijax.sparsity.predictor_data import predictor_logits as predictor_logits
 
 # ---------------------------------------------------------------- training
 
