@@ -58,6 +58,7 @@ def test_sweep_experiments_sweep_index_policies_times_budgets():
             cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params
         assert len(str(params.index).split(",")) >= 3 and len(str(params.budget).split(",")) >= 3, name
+        assert "layers" in str(params.index).split(","), name  # layer offload beside neuron placement
     assert compose_run_config("bench_synth").sweep.synthetic == "tinyllama-1.1b"
 
 
