@@ -1,7 +1,7 @@
 """Real-model measurements (issue 11): SmolLM2-135M in pijax beside llama.cpp, on the same file and windows.
 
 `python -m pijax.bench.real_models --out experiments/real_models` measures, in one run:
-- load time and peak RSS of `pijax.load_model` at f32 and f16, each in a fresh process (`resource.getrusage`);
+- load time and peak RSS of `pijax.load_model` at f32 and f16, each in a fresh process (its VmHWM);
 - pijax decode tok/s at f32 and f16 and llama.cpp's on the Q4_1 file and on its all-F32 copy (medians of
   `--repeats`, min/max; llama.cpp in a child process via `pijax.bench.llamacpp.measure_in_child`);
 - perplexity on the shipped TinyStories text and on Python standard-library source (`STDLIB_MODULES`), over the
@@ -123,16 +123,27 @@ def nll_ppl(logits: Sequence[np.ndarray], windows: Sequence[Sequence[int]]) -> f
 
 _LOAD_CHILD = """
 import json, resource, sys, time
+
+def peak_mb():
+    # VmHWM belongs to this process's own address space; ru_maxrss would also count the parent's RSS at fork
+    # time (Linux keeps the pre-exec high-water mark), so a child of a large process would look large.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 t0 = time.perf_counter()
 import jax, pijax
 from flax import nnx
 t1 = time.perf_counter()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_mb()
 m = pijax.load_model(sys.argv[1], dtype=sys.argv[2])
 jax.block_until_ready(jax.tree.leaves(nnx.state(m.module)))
 t2 = time.perf_counter()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "rss_before_mb": base / 1024, "peak_rss_mb": peak / 1024}))
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "rss_before_mb": base, "peak_rss_mb": peak_mb()}))
 """
 
 
