@@ -5,6 +5,7 @@ experiment config is the documented recipe."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +52,19 @@ def _cfg(ck: Path, **kw) -> RelufyConfig:
     return dataclasses.replace(base, **kw)
 
 
-def test_resumed_run_continues_from_its_checkpoint(teacher, corpus, tmp_path):
-    full = relufy(teacher, corpus, _cfg(tmp_path / "full"), progress=False)
-    first = relufy(teacher, corpus, _cfg(tmp_path / "split", session_steps=3), progress=False)
+@pytest.fixture(scope="module")
+def stopped(teacher, corpus, tmp_path_factory):
+    """A run of 6 steps stopped after its first session of 3 steps, at its checkpoint."""
+    ck = tmp_path_factory.mktemp("relufy") / "split"
+    return ck, relufy(teacher, corpus, _cfg(ck, session_steps=3), progress=False)
+
+
+def test_resumed_run_continues_from_its_checkpoint(teacher, corpus, stopped, tmp_path):
+    ck, first = stopped
     assert (first.steps, first.finished) == (3, False)
-    assert (tmp_path / "split" / STATE_FILE).exists()
-    resumed = relufy(teacher, corpus, _cfg(tmp_path / "split"), progress=False)
+    assert (ck / STATE_FILE).exists()
+    full = relufy(teacher, corpus, _cfg(tmp_path / "full"), progress=False)
+    resumed = relufy(teacher, corpus, _cfg(ck), progress=False)
 
     assert (resumed.steps, resumed.total_steps, resumed.finished) == (6, 6, True)
     assert [h["step"] for h in resumed.history] == [0, 3, 6]
@@ -72,19 +80,20 @@ def test_resumed_run_continues_from_its_checkpoint(teacher, corpus, tmp_path):
     assert resumed.ppl_teacher == first.ppl_teacher
 
     # A finished run resumed again trains nothing and returns the same model.
-    again = relufy(teacher, corpus, _cfg(tmp_path / "split"), progress=False)
+    again = relufy(teacher, corpus, _cfg(ck), progress=False)
     assert again.steps == 6 and again.history == resumed.history
     np.testing.assert_array_equal(again.weights.layers[1].gate, resumed.weights.layers[1].gate)
 
 
-def test_corrupt_or_foreign_checkpoint_is_one_clear_line(teacher, corpus, tmp_path):
+def test_corrupt_or_foreign_checkpoint_is_one_clear_line(teacher, corpus, stopped, tmp_path):
     ck = tmp_path / "ck"
-    relufy(teacher, corpus, _cfg(ck, session_steps=3), progress=False)
+    ck.mkdir()
+    state = ck / STATE_FILE
+    shutil.copy(stopped[0] / STATE_FILE, state)
     with pytest.raises(DataError, match="checkpoint of another run") as e:  # another recipe, same folder
         relufy(teacher, corpus, _cfg(ck, lr=1e-3), progress=False)
-    assert "\n" not in str(e.value) and str(ck / STATE_FILE) in str(e.value)
+    assert "\n" not in str(e.value) and str(state) in str(e.value)
 
-    state = ck / STATE_FILE
     state.write_bytes(state.read_bytes()[:1000])  # truncated
     with pytest.raises(DataError, match="unreadable relufy checkpoint") as e:
         relufy(teacher, corpus, _cfg(ck), progress=False)
@@ -93,9 +102,6 @@ def test_corrupt_or_foreign_checkpoint_is_one_clear_line(teacher, corpus, tmp_pa
     np.savez(state, header=np.frombuffer(b'{"format": "something else"}', np.uint8))
     with pytest.raises(DataError, match="not a pijax ReLU-fication checkpoint"):
         relufy(teacher, corpus, _cfg(ck), progress=False)
-
-    fresh = relufy(teacher, corpus, _cfg(ck, resume=False, session_steps=3), progress=False)  # starts over
-    assert fresh.steps == 3
 
 
 def test_smollm2_experiment_config():
