@@ -1,14 +1,16 @@
 """ReLU-fication: turn a SiLU (SwiGLU) LLaMA into a ReGLU one by fine-tuning, and measure what it costs.
 
-The student starts from the teacher's weights with the FFN activation switched to relu(gate)*up and is trained
-with optax AdamW on a corpus' train split. Loss = kd_weight * T^2 KL(teacher_T || student_T) (distillation from the
+The student starts from the teacher's weights with the FFN activation switched to relu(gate)*up (`act="relu"`) or
+relu(gate)*relu(up) (`act="drelu"`, TurboSparse's dReLU) and is trained with optax AdamW on a corpus' train split. Loss = kd_weight * T^2 KL(teacher_T || student_T) (distillation from the
 frozen SiLU teacher's logits) + lm_weight * next-token cross-entropy + l1 * mean relu(gate) (ProSparse's activation
 L1, ramped up from `l1_start` over `l1_ramp_steps` steps). Penalising relu(gate) rather than relu(gate)*up pushes
 gate pre-activations below zero, which is what makes outputs exactly zero; shrinking `up` would not.
 
 Sparsity is the share of exactly-zero relu(gate)*up outputs, per layer, over held-out tokens. The corpus' held-out
 part (`Corpus.split(held_out)`) is used only for the before/after measurements; the training curves are measured
-on a validation slice carved from the end of the train split, so the recipe was never tuned on held-out text.
+on a validation slice carved from the end of the train split, so the recipe was never tuned on held-out text
+(`eval_held` adds the held-out perplexity and sparsity to every evaluation, for the curve against tokens trained).
+Runs with checkpoints are resumable; the state on disk is `pijax.sparsity.relufy_checkpoint`'s.
 Dimension legend: see `pijax.model.layers`.
 """
 
@@ -34,7 +36,6 @@ from pijax.api import Model
 from pijax.config import ModelConfig
 from pijax.corpus import Corpus
 from pijax.errors import DataError
-from pijax.eval import perplexity
 from pijax.io.checkpoint import save_checkpoint, tokenizer_metadata
 from pijax.io.weights import LayerWeights, LlamaWeights
 from pijax.model.llama import Llama
@@ -168,32 +169,14 @@ def _losses(
     return kd, lm, l1, sparsity
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _zero_counts(gd: nnx.GraphDef, state: nnx.State, tok: jax.Array) -> jax.Array:
-    _, records = nnx.merge(gd, state).trace(tok)
-    return jnp.stack([jnp.sum(r["act"] == 0) for r in records])
-
-
-# Module-level and keyed on the (hashable) graph definition, so that measuring a model before and after training
-# compiles once.
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(gd: nnx.GraphDef, state: nnx.State, tok: jax.Array) -> jax.Array:
-    return nnx.merge(gd, state)(tok)
-
-
 def layer_sparsity(module: Llama, windows: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
     """Share of exactly-zero act(gate)*up outputs per layer over all tokens of `windows`: float64 [L]."""
-    gd, state = nnx.split(module)
-    total = np.zeros(module.cfg.n_layer, np.float64)
-    for s in range(0, len(windows), batch_size):
-        total += np.asarray(_zero_counts(gd, state, jnp.asarray(windows[s : s + batch_size])), np.float64)
-    return total / (windows.size * module.cfg.n_ff)
+    return _held_eval(module, windows, batch_size)[1]
 
 
 def heldout_ppl(module: Llama, windows: np.ndarray, *, batch_size: int = 32) -> float:
-    """Perplexity (`pijax.eval.perplexity`) of the module on `windows`."""
-    gd, state = nnx.split(module)
-    return perplexity(lambda t: _logits(gd, state, t), windows, batch_size=batch_size)
+    """Perplexity (next-token, all positions after the first of each window) of the module on `windows`."""
+    return _held_eval(module, windows, batch_size)[0]
 
 
 class _Batches:
@@ -418,7 +401,7 @@ def save_relufied(path: str | Path, result: RelufyResult, teacher: Model) -> Pat
         META_PREFIX + "ppl_heldout": float(r.ppl_student),
         META_PREFIX + "sparsity_heldout": float(r.sparsity),
     }
-    cfg = r.config.replace(name=Path(teacher.checkpoint.gguf.path).stem + "-relu")
+    cfg = r.config.replace(name=f"{Path(teacher.checkpoint.gguf.path).stem}-{r.config.ffn_act}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(path, cfg, r.weights, tokenizer_metadata(teacher.checkpoint.gguf), extra_metadata=md)

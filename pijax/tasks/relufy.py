@@ -21,13 +21,26 @@ from pijax.run_config import RunConfig
 from pijax.sparsity.relufy import plot_history, relufy, save_relufied
 from pijax.tracking import make_tracker
 
-SMOKE_STEPS = 20
+SMOKE_STEPS = 3
 
 
 def run(cfg: RunConfig, out_dir: Path) -> float:
     rcfg = cfg.relufy
     if cfg.smoke:
-        rcfg = dataclasses.replace(rcfg, steps=min(rcfg.steps, SMOKE_STEPS), eval_interval=10, smoke=True)
+        # A few tiny steps, nothing checkpointed: the run's path end to end, not its figures.
+        rcfg = dataclasses.replace(
+            rcfg,
+            steps=min(rcfg.steps, SMOKE_STEPS),
+            max_tokens=0,
+            batch_size=min(rcfg.batch_size, 2),
+            seq_len=min(rcfg.seq_len, 32),
+            eval_interval=SMOKE_STEPS,
+            eval_batch=2,
+            val_windows=2,
+            held_windows=2,
+            checkpoint_every=0,
+            smoke=True,
+        )
     teacher = load_model(cfg.model.path or STORIES260K, ffn_act=cfg.model.ffn_act)
     corpus = load_corpus(cfg.corpus or None)
     out_dir.mkdir(parents=True, exist_ok=True)
