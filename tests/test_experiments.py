@@ -70,7 +70,7 @@ def synth_cache(tmp_path_factory):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_in_smoke_mode(name, tmp_path, monkeypatch, synth_cache, request):
     overrides = ["smoke=true", "logger=none"]
-    if name == "chat":  # an instruction-tuned model, resolved from the real cache before PIJAX_CACHE moves
+    if name in ("chat", "relufy_smollm2"):  # SmolLM2, resolved from the real cache before PIJAX_CACHE moves
         overrides.append(f"model.path={request.getfixturevalue('smollm2_path')}")
     monkeypatch.setenv("PIJAX_CACHE", str(synth_cache))  # the tiny synthetic model is built here, once
     monkeypatch.chdir(tmp_path)  # relative output paths would land here, never in the repository
