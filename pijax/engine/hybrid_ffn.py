@@ -33,11 +33,11 @@ from jax.sharding import PartitionSpec as P
 
 from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import ConfigError
+from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
 from pijax.layout.devices import Placement, to_mesh
 from pijax.layout.pack import PackedLayer, pad_ids, pad_rows
-from pijax.model.ffn import down_project, ffn_activation
 from pijax.model.predictor import Predictor
-from pijax.model.sparse_ffn import gathered_ffn, select_rows, selection_mask, union_rows
+from pijax.model.sparse_ffn import gathered_ffn, union_rows
 
 MaskSource = Literal["predictor", "oracle", "dense"]
 MASK_SOURCES: tuple[str, ...] = ("predictor", "oracle", "dense")
@@ -50,12 +50,6 @@ the predictor source; empty for oracle and dense, where the host decides from it
 
 class RowIds(nnx.Variable):
     """Integer neuron ids (not trainable): the hot bucket, the cold id list."""
-
-
-def _act(h_nd: jax.Array, up_kd: jax.Array, gate_kd: jax.Array | None, kind: FfnActivation) -> jax.Array:
-    up = jnp.einsum("nd,kd->nk", h_nd, up_kd)
-    gate = None if gate_kd is None else jnp.einsum("nd,kd->nk", h_nd, gate_kd)
-    return ffn_activation(gate, up, kind)
 
 
 def _masked_down(act_nk: jax.Array, keep_nk: jax.Array | None, down_kd: jax.Array) -> jax.Array:
@@ -92,7 +86,7 @@ def compute_selected(
     if "idx" in req:
         idx_u, keep_nu = union_rows(req["idx"], req["valid"], up_kd.shape[0])
         return gathered_ffn(h_nd, idx_u, keep_nu, up_kd, gate_kd, down_kd, kind)
-    return _masked_down(_act(h_nd, up_kd, gate_kd, kind), req["keep"], down_kd)
+    return _masked_down(rows_activation(h_nd, up_kd, gate_kd, kind), req["keep"], down_kd)
 
 
 def compute_self_selected(
@@ -106,7 +100,7 @@ def compute_self_selected(
     gather: bool,
 ) -> jax.Array:
     """A block's contribution when it decides itself: "dense" (every row) or "oracle" (act != 0, by |act|)."""
-    act = _act(h_nd, up_kd, gate_kd, kind)
+    act = rows_activation(h_nd, up_kd, gate_kd, kind)
     if source == "dense":
         return _masked_down(act, None, down_kd)
     req = select(jnp.abs(act), act != 0, capacity, gather)

@@ -21,14 +21,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from pijax.engine.hybrid import build_hybrid
+from pijax.engine.hybrid_engine import HybridEngine
+from pijax.engine.hybrid_ffn import HotMode, MaskSource
 from pijax.errors import ConfigError
 from pijax.index import BudgetPlan, GpuIndex, IndexConfig, get_or_build_index, hot_share, plan_budget
 from pijax.layout.capacity import Capacities, calibrate_capacities
 from pijax.layout.config import HardwareConfig
 from pijax.layout.devices import Placement, setup_devices
 from pijax.layout.memory import ResidentReport
-from pijax.model.hybrid import HybridEngine, build_hybrid
-from pijax.model.hybrid_ffn import HotMode, MaskSource
 
 log = logging.getLogger("pijax.layout")
 
