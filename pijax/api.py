@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -85,6 +86,45 @@ class Model:
             prefill_s=out.prefill_s,
             decode_s=out.decode_s,
         )
+
+    def sparse(self, mode: str = "predictor", **options: Any) -> Model:
+        """A sparse copy with the same `.logits` / `.generate`: mode "predictor", "relu", "threshold" (with
+        `sparsity=`) or "oracle"; options: see `pijax.engine.api.sparse_model`. This model is left unchanged."""
+        from pijax.engine.api import sparse_model
+
+        setup = sparse_model(self, mode, **options)
+        out = Model(self.checkpoint, self.tokenizer, setup.module)
+        out.setup = setup
+        return out
+
+    def hybrid(self, budget: int | str = "ffn:50%", policy: str = "powerinfer", **options: Any) -> HybridModel:
+        """Hot rows on the accelerators, cold rows on the host, within `budget` (bytes, "2GiB" or "ffn:30%"):
+        the same `.logits` / `.generate`, plus `resident_report()` and `index`; options: see
+        `pijax.engine.api.hybrid_model`."""
+        from pijax.engine.api import hybrid_model
+
+        return HybridModel(self, hybrid_model(self, budget, policy=policy, **options))
+
+
+class HybridModel(Model):
+    """A Model run by the hybrid engine (pijax.engine.pipeline.HybridSetup in `setup`)."""
+
+    def __init__(self, base: Model, setup: Any):
+        super().__init__(base.checkpoint, base.tokenizer, base.module)
+        self.setup = setup
+        self._engine = setup.engine
+
+    def refresh(self) -> None:
+        """The hybrid engine holds its own copy of the weights: rebuild it with `Model.hybrid` instead."""
+
+    @property
+    def index(self) -> Any:
+        """The gpuidx in use (pijax.index.GpuIndex)."""
+        return self.setup.index
+
+    def resident_report(self) -> Any:
+        """Resident bytes per accelerator against the budget (pijax.layout.memory.ResidentReport)."""
+        return self.setup.report
 
 
 def load_model(path: str | os.PathLike[str] = STORIES260K, *, ffn_act: FfnActivation | None = None) -> Model:

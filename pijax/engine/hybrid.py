@@ -74,6 +74,12 @@ class HybridLlama:
     def n_layer(self) -> int:
         return len(self.blocks)
 
+    def backends(self) -> str:
+        """Which backend the hot and the cold rows run on, e.g. "hot: kernels, cold: kernels"."""
+        hot = any(b.ffn.hot is not None and b.ffn.hot.kernels for b in self.blocks)
+        cold = any(c is not None and c.kernels for c in self.colds)
+        return f"hot: {'kernels' if hot else 'xla'}, cold: {'kernels' if cold else 'xla'}"
+
     @property
     def hot_fraction(self) -> float:
         return sum(self.n_hot) / (self.cfg.n_ff * self.n_layer)
@@ -147,6 +153,8 @@ def build_hybrid(
     hot_capacities: Sequence[int | None] | int | None = None,
     cold_capacities: Sequence[int | None] | int | None = None,
     max_gather_rows: int | None = None,
+    hot_kernels: bool = False,
+    cold_kernels: bool = False,
 ) -> HybridLlama:
     """Place a Model (or bare Llama) for hybrid execution following per-layer hot ids (a GpuIndex or a list).
 
@@ -154,7 +162,8 @@ def build_hybrid(
     left untouched. predictors default to the checkpoint's and pred_threshold to its sparse_threshold.
     hot_capacities: per-accelerator row cap for the "gather" hot mode; cold_capacities: cold rows gathered per
     token; None means no cap (every predicted-active row is computed). max_gather_rows: see
-    pijax.model.hybrid_ffn (None: half of each block's rows)."""
+    pijax.engine.hybrid_ffn (None: half of each block's rows). hot_kernels / cold_kernels: run the hot shards /
+    the cold rows on the CPU kernels (see pijax.engine.setup for when they win)."""
     llama: Llama = getattr(model, "module", model)
     cfg = llama.cfg
     buckets = list(getattr(buckets, "buckets", buckets))
@@ -207,6 +216,8 @@ def build_hybrid(
             cold_capacity=cold_caps[i],
             max_gather_rows=max_gather_rows,
             dtype=dtype,
+            hot_kernels=hot_kernels,
+            cold_kernels=cold_kernels,
         )
         blocks.append(block)
         colds.append(
@@ -220,6 +231,8 @@ def build_hybrid(
                 capacity=cold_caps[i],
                 max_gather_rows=max_gather_rows,
                 dtype=dtype,
+                threshold=float(thresholds[i]),
+                kernels=cold_kernels,
             )
         )
         n_hot.append(packed.n_hot)

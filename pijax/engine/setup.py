@@ -56,29 +56,35 @@ def tune_host_allocator(keep_bytes: int = HOST_MALLOC_KEEP_BYTES) -> bool:
     return ok
 
 
-def kernels_win() -> tuple[bool, str]:
-    """Whether the C++ kernels beat XLA here, and why (from the CPU's vector features)."""
-    if jax.default_backend() != "cpu":
-        return False, f"jax backend is {jax.default_backend()}, the kernels are CPU code"
-    if not build.available():
+def kernels_win(platform: str | None = None) -> tuple[bool, str]:
+    """Whether the C++ kernels beat XLA for work on `platform` (default: jax's backend), and why (from the CPU's
+    vector features)."""
+    platform = platform or jax.default_backend()
+    if platform != "cpu":
+        return False, f"the work runs on {platform}, the kernels are CPU code"
+    if build.load() is None:
         return False, f"no kernel library: {build.status()}"
     isa = build.isa()
     if isa == "portable":
         return False, "this CPU has neither AVX-512 nor AVX2+FMA; the kernel's scalar loops lose to XLA"
-    return True, f"{isa} kernels ({build.status()})"
+    return True, build.status()
 
 
-def setup_engine(backend: Backend = "auto") -> Literal["kernels", "xla"]:
-    """Decide the FFN backend (see the module docstring), log it once, and tune the host allocator on CPU."""
+def setup_engine(
+    backend: Backend = "auto", platform: str | None = None, what: str = "FFN"
+) -> Literal["kernels", "xla"]:
+    """Decide the backend for FFN work on `platform` (default: jax's backend; see the module docstring), log it
+    once, and tune the host allocator when CPU work is set up."""
     if backend not in BACKENDS:
         raise ConfigError(f"engine backend {backend!r} is not one of {BACKENDS}")
-    win, why = kernels_win()
+    platform = platform or jax.default_backend()
+    win, why = kernels_win(platform)
     if backend == "kernels" and not win:
         raise ConfigError(f"backend 'kernels' was requested but is unavailable: {why}")
     chosen: Literal["kernels", "xla"] = "kernels" if (backend == "kernels" or (backend == "auto" and win)) else "xla"
-    if jax.default_backend() == "cpu":
+    if platform == "cpu":
         tune_host_allocator()
-    line = f"FFN backend: {chosen} ({why if chosen == 'kernels' or backend == 'auto' else 'requested'})"
+    line = f"{what} backend: {chosen}: {why if chosen == 'kernels' or backend == 'auto' else 'requested'}"
     if line not in _announced:
         _announced.add(line)
         log.info(line)

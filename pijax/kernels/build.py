@@ -32,6 +32,7 @@ def _march() -> str:
     """-march=native, or PIJAX_KERNEL_MARCH (e.g. "haswell": the AVX2 code on an AVX-512 machine, for tests)."""
     return f"-march={os.environ.get('PIJAX_KERNEL_MARCH') or 'native'}"
 
+
 _ISA_NAMES = {2: "avx512", 1: "avx2", 0: "portable"}
 
 _lock = threading.Lock()

@@ -41,10 +41,12 @@ def _data_scale(w: Weight) -> tuple[jax.Array, jax.Array]:
 
 
 def kernel_ok(n_tokens: int, use_kernel: bool | None = None) -> bool:
-    """Whether a call on n_tokens tokens takes the C++ path (use_kernel None: when available)."""
+    """Whether a call on n_tokens tokens takes the C++ path. use_kernel None: when available on jax's default
+    backend; True: whenever the library loads (the caller places the call on a CPU device, as the hybrid
+    engine's host part does on a GPU machine)."""
     if use_kernel is False or n_tokens > MAX_KERNEL_TOKENS:
         return False
-    return build.available()
+    return build.load() is not None if use_kernel else build.available()
 
 
 def set_f32_kernel(on: bool | None) -> bool | None:
