@@ -75,10 +75,14 @@ class HybridLlama:
         return len(self.blocks)
 
     def backends(self) -> str:
-        """Which backend the hot and the cold rows run on, e.g. "hot: kernels, cold: kernels"."""
-        hot = any(b.ffn.hot is not None and b.ffn.hot.kernels for b in self.blocks)
-        cold = any(c is not None and c.kernels for c in self.colds)
-        return f"hot: {'kernels' if hot else 'xla'}, cold: {'kernels' if cold else 'xla'}"
+        """Which backend the hot and the cold rows run on, e.g. "hot: kernels, cold: kernels" ("none": no rows)."""
+        hot = [b.ffn.hot.kernels for b in self.blocks if b.ffn.hot is not None]
+        cold = [c.kernels for c in self.colds if c is not None]
+
+        def name(flags: list[bool]) -> str:
+            return "none" if not flags else ("kernels" if all(flags) else ("xla" if not any(flags) else "mixed"))
+
+        return f"hot: {name(hot)}, cold: {name(cold)}"
 
     @property
     def hot_fraction(self) -> float:
