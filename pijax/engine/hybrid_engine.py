@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -177,6 +178,7 @@ class HybridEngine(Engine):
         self.colds = {i: _split(hybrid.colds[i], cfg, ov) for i in split}
         self.hots = {i: _split(hybrid.blocks[i].ffn, cfg, ov) for i in split if hybrid.n_hot[i] > 0}
         self._zeros: dict[tuple[int, int], jax.Array] = {}
+        self.timer: dict[str, float] | None = None  # seconds per part, when profiling (pijax.engine.profile)
         self._caches: dict[tuple[int, int], Any] = {}
         self._key: tuple[Any, Any] = (None, None)  # (the caller's key, its replicated copy)
 
@@ -191,33 +193,48 @@ class HybridEngine(Engine):
     def _pass(self, variant: str, x, cache, pos, n_valid=None, key=None, sampling=None):
         """Run every stage on x (replicated on the accelerators); returns the final call's outputs, with the
         per-stage caches joined into one list."""
-        repl, on_host = self.placement.replicated, self.placement.on_host
+        repl = self.placement.replicated
         cold, caches = self._zero_input(x.shape[0], x.shape[1]), []
         for s, (lo, hi) in enumerate(self.bounds):
             st, leaves = self.stages[s]
             cs = None if cache is None else cache[lo:hi]
             if s == len(self.bounds) - 1:
-                out = _final_call(st, variant, sampling, leaves, cs, x, cold, pos, n_valid, key)
+                out = self._run(
+                    "accelerators", _final_call, st, variant, sampling, leaves, cs, x, cold, pos, n_valid, key
+                )
                 if variant == "forward":
                     return to_local(out)
                 caches.extend(out[2])
                 return (*to_local(out[:2]), caches, *out[3:])
             layer = hi - 1
             if st.overlap:
-                h, hn, logits, to_host, cs = _mid_call(st, leaves, cs, x, cold, pos)
-                y = _cold_call(*self.colds[layer], jax.device_put(to_local(to_host), on_host))
-                x = _hot_call(*self.hots[layer], h, hn, logits) if layer in self.hots else h
+                h, hn, logits, to_host, cs = self._run("accelerators", _mid_call, st, leaves, cs, x, cold, pos)
+                y = self._run("FFN cold", _cold_call, *self.colds[layer], self._to_host(to_host))
+                x = self._run("FFN hot", _hot_call, *self.hots[layer], h, hn, logits) if layer in self.hots else h
             else:
-                x, to_host, cs = _mid_call(st, leaves, cs, x, cold, pos)
-                y = _cold_call(*self.colds[layer], jax.device_put(to_local(to_host), on_host))
-            cold = to_mesh(y, repl)
+                x, to_host, cs = self._run("accelerators", _mid_call, st, leaves, cs, x, cold, pos)
+                y = self._run("FFN cold", _cold_call, *self.colds[layer], self._to_host(to_host))
+            cold = self._run("transfer", to_mesh, y, repl)
             if cs is not None:
                 caches.extend(cs)
         raise AssertionError("unreachable")
 
     def _embed_tokens(self, tokens_bt: Any) -> jax.Array:
         tok = jax.device_put(to_local(tokens_bt), self.placement.on_host)
-        return to_mesh(_embed_call(self.hybrid.embed_vd, tok), self.placement.replicated)
+        x = self._run("embedding", _embed_call, self.hybrid.embed_vd, tok)
+        return self._run("transfer", to_mesh, x, self.placement.replicated)
+
+    def _to_host(self, x: jax.Array) -> jax.Array:
+        return self._run("transfer", jax.device_put, to_local(x), self.placement.on_host)
+
+    def _run(self, part: str, fn: Any, *args: Any) -> Any:
+        """fn(*args); with a timer set (pijax.engine.profile), waited for and its time added to `part`."""
+        if self.timer is None:
+            return fn(*args)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        self.timer[part] = self.timer.get(part, 0.0) + time.perf_counter() - t0
+        return out
 
     def new_cache(self, batch: int, n_cache: int) -> KVCache:
         """An all-zero KV cache, replicated over the accelerators."""
