@@ -224,3 +224,24 @@ def test_bench_smoke_reports_speed_bounds_and_selection(tmp_path: Path, monkeypa
     assert sp["touched_bytes"] <= sp["bound_bytes"] < sp["weight_bytes"]["ffn_dense"] + sp["bound_bytes"]
     assert res["synthetic"] is True and (tmp_path / "out" / "decode.csv").is_file()
     assert "T2 share of bound" in (tmp_path / "out" / "targets.md").read_text()
+
+
+def test_load_llama_checks_the_predictors_fingerprint_as_load_predictors_does() -> None:
+    from pijax.errors import DataError
+    from pijax.io.checkpoint import load_checkpoint
+    from pijax.io.fingerprint import fingerprint_arrays, gguf_arrays, weights_fingerprint
+    from pijax.paths import ASSETS
+
+    preds = ASSETS / "stories260K_relu_predictors.gguf"
+    relu = ASSETS / "stories260K_relu.gguf"
+    # the file-side fingerprint (tensor by tensor) is the loaded model's, for a plain and a PowerInfer-style file
+    for path in (relu, preds):
+        ckpt = load_checkpoint(path)
+        cfg = ckpt.config
+        assert fingerprint_arrays(gguf_arrays(ckpt.gguf, cfg.n_layer, cfg.tied_output)) == weights_fingerprint(
+            ckpt.weights
+        )
+    llama = load_llama(relu, predictors_from=preds, progress=False)
+    assert isinstance(llama.layers[0].ffn, KernelFFN) and llama.layers[0].ffn.sparse
+    with pytest.raises(DataError, match="trained for another model"):
+        load_llama(STORIES260K, predictors_from=preds, progress=False)
