@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budgets", default="0,20,50,80,100")
     ap.add_argument("--policy", default="neuron_greedy")
+    ap.add_argument("--profile-tokens", type=int, default=4096)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     over = {} if args.n_layer is None else {"n_layer": args.n_layer}
@@ -59,19 +60,25 @@ def main() -> None:
         )
 
     report("dense", decode_tok_s(m.engine, ids, args.tokens, args.repeats))
+    from pijax.engine.pipeline import profile_windows
+    from pijax.sparsity.profile import profile
+
+    windows = profile_windows(m, None, 128, args.profile_tokens)
+    stats = profile(m, windows, mode="relu", progress=False)  # once, for every budget's gpuidx
+    opts = {"stats": stats, "profile_tokens": args.profile_tokens, "policy": args.policy}
     s = m.sparse(mode="predictor")
     sparse = decode_tok_s(s.engine, ids, args.tokens, args.repeats)
     report(f"sparse ({s.setup.backend})", sparse)
     del s
     for b in args.budgets.split(","):
         t0 = time.perf_counter()
-        h = m.hybrid(f"ffn:{b}%", policy=args.policy, hardware=placement_hw, index_path=f"/tmp/engine_speed_{b}.gpuidx")
+        h = m.hybrid(f"ffn:{b}%", hardware=placement_hw, index_path=f"/tmp/engine_speed_{b}.gpuidx", **opts)
         print(f"  built in {time.perf_counter() - t0:.1f} s: {h.setup.engine.hybrid.backends()}", flush=True)
         report(f"hybrid ffn:{b}%", decode_tok_s(h.engine, ids, args.tokens, args.repeats))
         del h
         if b == "50":  # the hot rows as their own call (overlap on), so attention and hot FFN are timed apart
             hw = HardwareConfig(platform="cpu", n_accel=1, overlap=True)
-            h = m.hybrid("ffn:50%", policy=args.policy, hardware=hw, index_path="/tmp/engine_speed_50.gpuidx")
+            h = m.hybrid("ffn:50%", hardware=hw, index_path="/tmp/engine_speed_50.gpuidx", **opts)
             print("  split:", format_split(step_split(h.engine, ids, args.tokens)), flush=True)
             del h
     d = rows[0][1]
