@@ -16,32 +16,40 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from pijax.model.generate import SamplingConfig
+from pijax.model.generate import SamplingConfig, bucket
 
 PARTS = ("accelerators", "FFN hot", "FFN cold", "transfer", "embedding")
 
 
-def _decode(engine: Any, ids: Sequence[int], n_steps: int) -> float:
-    """Seconds per free-running decode step after a prefill of `ids`."""
+def _decode(engine: Any, ids: Sequence[int], n_steps: int, n_cache: int) -> float:
+    """Seconds per free-running decode step after a prefill of `ids`, driven as `Engine.generate` drives it (one
+    cache size, so nothing recompiles between runs)."""
     greedy, key = SamplingConfig(), jax.random.key(0)
-    tok, _, cache = engine.prefill(list(ids), len(ids) + n_steps + 1, greedy, key)
-    pos = len(ids)
-    jax.block_until_ready(tok)
+    arr = np.asarray(ids, np.int32)
+    step = engine._warm(arr, n_cache, greedy, key)
+    cur, _, cache = engine.prefill(arr, n_cache, greedy, key)
+    pos = jnp.asarray(arr.size, jnp.int32)
+    jax.block_until_ready(cur)
     t0 = time.perf_counter()
-    for i in range(n_steps):
-        tok, _, cache = engine.decode_step(cache, tok, pos + i, greedy, key)
-    jax.block_until_ready(tok)
+    for _ in range(n_steps):
+        nxt, _, cache, pos = step(engine.leaves, cache, cur, pos, key)
+        np.asarray(cur)  # the token loop reads each token one step behind
+        cur = nxt
+    jax.block_until_ready(cur)
     return (time.perf_counter() - t0) / n_steps
 
 
 def step_split(engine: Any, ids: Sequence[int], n_steps: int = 16) -> dict[str, float]:
     """Milliseconds per decoded token: every part of PARTS, "overhead" and "total" (free-running)."""
-    _decode(engine, ids, 2)  # compile
-    total = _decode(engine, ids, n_steps)
+    n_cache = bucket(len(ids) + n_steps + 1)
+    _decode(engine, ids, 2, n_cache)  # compile
+    total = _decode(engine, ids, n_steps, n_cache)
     engine.timer = {}
     try:
-        _decode(engine, ids, n_steps)
+        _decode(engine, ids, n_steps, n_cache)
         timed = dict(engine.timer)
     finally:
         engine.timer = None
@@ -49,7 +57,7 @@ def step_split(engine: Any, ids: Sequence[int], n_steps: int = 16) -> dict[str, 
     engine.timer = {}
     try:
         greedy = SamplingConfig()
-        jax.block_until_ready(engine.prefill(list(ids), len(ids) + n_steps + 1, greedy, jax.random.key(0))[0])
+        jax.block_until_ready(engine.prefill(list(ids), n_cache, greedy, jax.random.key(0))[0])
         prefill = dict(engine.timer)
     finally:
         engine.timer = None
