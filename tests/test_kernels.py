@@ -245,3 +245,28 @@ def test_load_llama_checks_the_predictors_fingerprint_as_load_predictors_does() 
     assert isinstance(llama.layers[0].ffn, KernelFFN) and llama.layers[0].ffn.sparse
     with pytest.raises(DataError, match="trained for another model"):
         load_llama(STORIES260K, predictors_from=preds, progress=False)
+
+
+@pytest.mark.skipif("avx2" not in build._cpu_flags(), reason="this CPU has no AVX2 to run the AVX2 build on")
+def test_avx2_build_computes_what_the_reference_does(tmp_path: Path) -> None:
+    """The AVX2+FMA code (x86 without AVX-512), built here with -march=haswell, in a process of its own."""
+    code = (
+        "import json, numpy as np, jax.numpy as jnp\n"
+        "from pijax.kernels import build, ops, formats\n"
+        "r = np.random.default_rng(0); f = lambda *s: jnp.asarray(r.normal(size=s).astype(np.float32))\n"
+        "x, lg, up, gate, down = f(3, 200), f(3, 96), f(96, 200), f(96, 200), f(96, 200)\n"
+        "out = []\n"
+        "for fmt in ('f32', 'f16', 'bf16', 'int8'):\n"
+        "    u, g, d = (formats.to_format(w, fmt) for w in (up, gate, down))\n"
+        "    a = ops.sparse_ffn(x, lg, u, g, d, kind='relu', threshold=0.2, capacity=40, use_kernel=True)[0]\n"
+        "    b = ops.sparse_ffn(x, lg, u, g, d, kind='relu', threshold=0.2, capacity=40, use_kernel=False)[0]\n"
+        "    c, e = ops.linear(x, u, use_kernel=True, f32_kernel=True), ops.linear(x, u, use_kernel=False)\n"
+        "    rel = lambda p, q: float(jnp.abs(p - q).max() / jnp.abs(q).max())\n"
+        "    out.append(max(rel(a, b), rel(c, e)))\n"
+        "print(json.dumps([build.isa(), out]))\n"
+    )
+    env = dict(os.environ, PIJAX_KERNEL_MARCH="haswell", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    isa, diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert isa == "avx2"
+    assert max(diffs) < 1e-5  # relative to the largest output: rounding only

@@ -109,6 +109,8 @@ def load() -> ctypes.CDLL | None:
                 lib.pijax_set_threads(ctypes.c_int(n))
                 _state["isa"] = _ISA_NAMES.get(int(lib.pijax_isa()), "portable")
                 why = f"{path} ({_state['isa']}, {n} threads)"
+                if _state["isa"] == "portable":
+                    why += ": built without AVX-512 or AVX2+FMA, so the XLA path runs (it is faster than scalar loops)"
             except (OSError, RuntimeError, AttributeError, ValueError) as e:
                 lib, why = None, f"kernel build/load failed: {e}"
         _state["lib"], _state["status"] = lib, why
@@ -123,8 +125,10 @@ def isa() -> str:
 
 
 def available() -> bool:
-    """Whether the C++ kernels can be used (CPU backend and a working build)."""
-    return jax.default_backend() == "cpu" and load() is not None
+    """Whether the C++ kernels are used: CPU backend, a working build, and vector code (AVX-512 or AVX2+FMA).
+    Built without either (an old or non-Intel-compatible CPU), their scalar loops lose to XLA's dot, so every
+    caller takes the pure-JAX path (`status()` says so)."""
+    return jax.default_backend() == "cpu" and load() is not None and isa() != "portable"
 
 
 def status() -> str:
