@@ -122,7 +122,7 @@ def test_hybrid_equals_the_sparse_engine(model, ids, sparse_ref, stats, tmp_path
 
 def test_hybrid_generates_like_the_sparse_engine(model, stats, tmp_path):
     s = model.sparse(mode="predictor")
-    h = model.hybrid("ffn:50%", policy="powerinfer", stats=stats, index_path=tmp_path / "p.gpuidx")
+    h = model.hybrid("ffn:50%", policy="powerinfer", stats=stats, profile_tokens=2048, index_path=tmp_path / "p.gpuidx")
     out = h.generate(PROMPT, max_new_tokens=12)
     assert out.new_ids == s.generate(PROMPT, max_new_tokens=12).new_ids
     assert out.text and out.decode_tok_s > 0
