@@ -38,8 +38,8 @@ from pijax.bench import llamacpp
 from pijax.bench.contention import Contention, clean_mask, enough, is_clean
 from pijax.bench.decode_config import BenchConfig
 from pijax.bench.dense_decode import BandwidthProbe
+from pijax.engine.convert import load_llama, use_kernels
 from pijax.kernels import build
-from pijax.kernels.convert import load_llama, use_kernels
 from pijax.kernels.fast_ffn import KernelFFN
 from pijax.kernels.formats import nbytes, row_bytes
 from pijax.model.generate import Engine, SamplingConfig

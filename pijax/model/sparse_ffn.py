@@ -301,11 +301,9 @@ def calibrate_capacities(
 
     `source` is ActivationStats (uses its per-token active-count histogram when present, else the mean active
     count) or per-token active counts int [N, L] (e.g. the predictor's positives, from `mask_counts`)."""
-    from pijax.sparsity.stats import ActivationStats
-
     if not 0.0 < quantile <= 1.0:
         raise ConfigError(f"capacity quantile must be in (0, 1], got {quantile}")
-    if isinstance(source, ActivationStats):
+    if hasattr(source, "active_per_token"):  # ActivationStats (pijax.sparsity, a layer above: duck-typed)
         n_ff = source.n_ff if n_ff is None else n_ff
         if source.active_hist is not None:
             q = [_hist_quantile(h, quantile) for h in source.active_hist]
