@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from pijax.config import FfnActivation, ModelConfig, ModelSpec
-from pijax.engine.convert import load_llama
 from pijax.io.chat import Message, chat_prompt
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
 from pijax.io.vocab import AnyTokenizer, load_tokenizer
 from pijax.kernels.formats import WeightFormat, check_format
+from pijax.model.convert import load_llama
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
@@ -162,7 +162,7 @@ def load_model(
 
     Any tensor type pijax reads (see `pijax.io.gguf.DEQUANTIZABLE`) is dequantized as it is read, one tensor at
     a time. `dtype` is how the matrices are kept: "f32" (default; pijax's plain XLA model, for parity), or "f16",
-    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.engine.convert`)."""
+    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.model.convert`)."""
     path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
     tokenizer = load_tokenizer(ckpt.metadata, path)

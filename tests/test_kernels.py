@@ -17,10 +17,10 @@ from flax import nnx
 
 import pijax
 from pijax.bench import decode_report, llamacpp
-from pijax.engine.convert import load_llama, use_kernels
 from pijax.io.gguf import read_gguf
 from pijax.kernels import build, formats, ops
 from pijax.kernels.fast_ffn import KernelFFN
+from pijax.model.convert import load_llama, use_kernels
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.sparse_ffn import sparsify
 from pijax.paths import STORIES260K
@@ -137,7 +137,7 @@ def test_kernel_ffn_equals_the_predictor_sparse_ffn(capacity: int | None, monkey
 
 def test_fallback_without_the_library_gives_the_kernel_results(tmp_path: Path) -> None:
     code = (
-        "import json; from pijax.kernels import build; from pijax.engine.convert import load_llama;"
+        "import json; from pijax.kernels import build; from pijax.model.convert import load_llama;"
         "from pijax.model.generate import Engine, SamplingConfig; from pijax.paths import STORIES260K;"
         "e = Engine(load_llama(STORIES260K, 'f16', progress=False));"
         "print(json.dumps([build.available(), e.generate([1, 403, 407], 12, SamplingConfig()).new_ids]))"

@@ -41,10 +41,10 @@ from pijax.bench.decode_bytes import kv_bytes, selection_stats, step_bytes, weig
 from pijax.bench.decode_config import BenchConfig
 from pijax.bench.decode_timing import measure_pijax, profile_step, spread, with_bound
 from pijax.bench.dense_decode import BandwidthProbe
-from pijax.engine.convert import load_llama, use_kernels
 from pijax.errors import DataError, PijaxError
 from pijax.kernels import build
 from pijax.kernels.fast_ffn import KernelFFN
+from pijax.model.convert import load_llama, use_kernels
 from pijax.model.llama import Llama
 
 # ---------------------------------------------------------------- files

@@ -97,7 +97,7 @@ _LAYER_TENSORS = {
 
 def gguf_arrays(f: GGUFFile, n_layer: int, tied_output: bool) -> Iterator[tuple[str, np.ndarray | None]]:
     """The arrays of `llama_arrays`, read from a LLaMA GGUF one tensor at a time (so a loader that never holds
-    the numpy model, like pijax.engine.convert.load_llama, computes the same `weights_fingerprint`)."""
+    the numpy model, like pijax.model.convert.load_llama, computes the same `weights_fingerprint`)."""
     embd = f.array("token_embd.weight", np.float32)
     yield "token_embd", embd
     yield "output_norm", f.array("output_norm.weight", np.float32)

@@ -47,9 +47,9 @@ def main() -> int:
     import llama_cpp
 
     from pijax.bench.real_models import agreement, llamacpp_greedy, llamacpp_logits, llamacpp_tokenize
-    from pijax.engine.convert import load_llama
     from pijax.io.convert import convert_gguf
     from pijax.io.registry import resolve_model
+    from pijax.model.convert import load_llama
     from pijax.model.generate import Engine
 
     q4 = resolve_model("smollm2-135m")
