@@ -96,6 +96,7 @@ def load_model(path: str | os.PathLike[str] = STORIES260K, *, ffn_act: FfnActiva
     fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation."""
     path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act)
+    ckpt.config.check_shape(path)
     tokenizer = Tokenizer.from_metadata(ckpt.metadata, path)
     module = Llama(ckpt.config, ckpt.weights, rngs=nnx.Rngs(0), dtype=jnp.float32)
     return Model(ckpt, tokenizer, module)
