@@ -17,6 +17,7 @@ too). A config that builds is well typed: every value matches its field's type. 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -148,11 +149,36 @@ def build_with(experiment: str, key: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e or "root" for e in EXPERIMENTS])
-@settings(FUZZ, max_examples=80)
+@settings(FUZZ, max_examples=60)
 @given(data=st.data())
 def test_fuzz_config_values(experiment, data):
     key = data.draw(st.sampled_from(leaf_keys(composed(experiment))), label="key")
     build_with(experiment, key, data.draw(VALUES, label="value"))
+
+
+HOSTILE = ["banana", -(2**70), math.nan, None]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e or "root" for e in EXPERIMENTS])
+def test_every_key_of_every_experiment_with_hostile_values(experiment):
+    """Not sampled: every leaf key, each of a string, a huge negative int, nan and null. Counted in the report."""
+    base = OmegaConf.to_container(composed(experiment), resolve=True)
+    keys = leaf_keys(composed(experiment))
+    for key in keys:
+        for value in HOSTILE:
+            mapping = copy.deepcopy(base)
+            node = mapping
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+            try:
+                run_cfg = build_run_config(mapping)
+            except PijaxError as e:
+                assert_one_line(str(e))
+                continue
+            assert well_typed(run_cfg, RunConfig), (key, value)
+    assert len(keys) > 100
 
 
 OVERRIDE_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=16)
