@@ -6,17 +6,18 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from pijax.config import FfnActivation, ModelConfig, ModelSpec
+from pijax.io.chat import Message, chat_prompt
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
-from pijax.io.tokenizer import Tokenizer
+from pijax.io.vocab import AnyTokenizer, load_tokenizer
+from pijax.kernels.convert import load_llama
+from pijax.kernels.formats import WeightFormat, check_format
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
-from pijax.validate import check_bool, check_generate_args, check_model_source, check_prompt
+from pijax.validate import check_bool, check_generate_args, check_messages, check_model_source, check_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +37,7 @@ class GenerationResult:
 class Model:
     """A loaded checkpoint, its tokenizer and its Flax module, with compiled inference on top."""
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, module: Llama):
+    def __init__(self, checkpoint: Checkpoint, tokenizer: AnyTokenizer, module: Llama):
         self.checkpoint = checkpoint
         self.tokenizer = tokenizer
         self.module = module
@@ -90,13 +91,44 @@ class Model:
             decode_s=out.decode_s,
         )
 
+    def chat(
+        self,
+        messages: str | Sequence[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str:
+        """The assistant's reply to `messages` (dicts with "role" and "content", or one user message as a
+        string), prompted with the model's chat template; it ends at EOS or an end-of-turn token."""
+        if not isinstance(messages, str):
+            messages = check_messages(messages)
+        a = check_generate_args(max_new_tokens, temperature, top_k, top_p, seed)
+        prompt = chat_prompt(self.tokenizer, self.checkpoint.metadata, messages, self.checkpoint.gguf.path)
+        sampling = SamplingConfig(a.temperature, a.top_k, a.top_p)
+        out = self.engine.generate(prompt.ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=prompt.turn_end)
+        return prompt.reply(self.tokenizer, out.new_ids)
 
-def load_model(path: str | os.PathLike[str] = STORIES260K, *, ffn_act: FfnActivation | None = None) -> Model:
+
+def load_model(
+    path: str | os.PathLike[str] = STORIES260K,
+    *,
+    ffn_act: FfnActivation | None = None,
+    dtype: WeightFormat = "f32",
+) -> Model:
     """Load a LLaMA GGUF (llama.cpp's or PowerInfer's flavour), or a registered model by name ("smollm2-135m",
-    fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation."""
+    fetched once into `$PIJAX_CACHE/models`); `ffn_act` overrides the FFN activation.
+
+    Any tensor type pijax reads (see `pijax.io.gguf.DEQUANTIZABLE`) is dequantized as it is read, one tensor at
+    a time. `dtype` is how the matrices are kept: "f32" (default; pijax's plain XLA model, for parity), or "f16",
+    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.kernels.convert`)."""
     path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
-    ckpt = load_checkpoint(path, ffn_act=ffn_act)
+    ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
     ckpt.config.check_shape(path)
-    tokenizer = Tokenizer.from_metadata(ckpt.metadata, path)
-    module = Llama(ckpt.config, ckpt.weights, rngs=nnx.Rngs(0), dtype=jnp.float32)
+    tokenizer = load_tokenizer(ckpt.metadata, path)
+    fmt = check_format(dtype)
+    module = load_llama(
+        path, fmt, ffn_act=ckpt.config.ffn_act, use_predictors=False, xla_ffn=fmt == "f32", progress=False
+    )
     return Model(ckpt, tokenizer, module)

@@ -81,3 +81,18 @@ def token_windows(
     if n == 0:
         raise DataError(f"corpus has {len(ids)} tokens, fewer than one window of {seq_len}")
     return np.asarray(ids[: n * seq_len], dtype=np.int32).reshape(n, seq_len)
+
+
+def split_windows(
+    tokenizer: Tokenizer,
+    corpus_path: str | os.PathLike[str] | None,
+    split: str,
+    seq_len: int,
+    max_tokens: int,
+    held_out: float = 0.1,
+) -> np.ndarray:
+    """Token windows [N, seq_len] from the corpus' "train" split (first 90%) or "held_out" split (last 10%)."""
+    if split not in ("train", "held_out"):
+        raise DataError(f"split must be 'train' or 'held_out', got {split!r}", corpus_path or TINYSTORIES)
+    train, held = load_corpus(corpus_path or None).split(held_out)
+    return token_windows(tokenizer, (train if split == "train" else held).docs, seq_len, max_tokens=max_tokens)

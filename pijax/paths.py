@@ -1,4 +1,4 @@
-"""Where the files shipped with pijax live (the stories260K model, TinyStories text)."""
+"""Where the files shipped with pijax live (the stories260K models, TinyStories text)."""
 
 from __future__ import annotations
 
@@ -7,3 +7,10 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent / "assets"
 STORIES260K = ASSETS / "stories260K.gguf"
 TINYSTORIES = ASSETS / "tinystories_valid_head.txt"
+RELU_STORIES260K = ASSETS / "stories260K_relu.gguf"
+RELU_STORIES260K_PREDICTORS = ASSETS / "stories260K_relu_predictors.gguf"
+
+
+def default_relu_model() -> Path:
+    """The shipped ReLU-fied stories260K, preferring the copy with trained predictors."""
+    return RELU_STORIES260K_PREDICTORS if RELU_STORIES260K_PREDICTORS.is_file() else RELU_STORIES260K

@@ -41,6 +41,7 @@ def test_the_issue_experiments_exist_and_each_file_holds_only_overrides():
         "gpuidx",
         "sweep_policies",
         "bench_synth",
+        "chat",
     }
     assert want <= set(EXPERIMENTS)
     for name in EXPERIMENTS:
@@ -57,6 +58,7 @@ def test_sweep_experiments_sweep_index_policies_times_budgets():
             cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params
         assert len(str(params.index).split(",")) >= 3 and len(str(params.budget).split(",")) >= 3, name
+        assert "layers" in str(params.index).split(","), name  # layer offload beside neuron placement
     assert compose_run_config("bench_synth").sweep.synthetic == "tinyllama-1.1b"
 
 
@@ -66,14 +68,17 @@ def synth_cache(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_in_smoke_mode(name, tmp_path, monkeypatch, synth_cache):
+def test_experiment_runs_in_smoke_mode(name, tmp_path, monkeypatch, synth_cache, request):
+    overrides = ["smoke=true", "logger=none"]
+    if name in ("chat", "relufy_smollm2"):  # SmolLM2, resolved from the real cache before PIJAX_CACHE moves
+        overrides.append(f"model.path={request.getfixturevalue('smollm2_path')}")
     monkeypatch.setenv("PIJAX_CACHE", str(synth_cache))  # the tiny synthetic model is built here, once
     monkeypatch.chdir(tmp_path)  # relative output paths would land here, never in the repository
     # The default result folders (relative paths land in tmp_path, checked below; other helpers' jobs may be
     # writing elsewhere in experiments/ meanwhile, so only these are compared).
     watched = [ROOT / "experiments" / n for n in ("sweep_policies", "simulate", "bench")]
     before = [_tree(w) for w in watched]
-    cfg = compose_run_config(name, "smoke=true", "logger=none")
+    cfg = compose_run_config(name, *overrides)
     assert cfg.smoke and cfg.logger.kind == "none"
     out_dir = tmp_path / "run"
     result = get_task(cfg.task)(cfg, out_dir)

@@ -170,12 +170,13 @@ def test_unsupported_architecture(tmp_path: Path, model_copy: Path):
 
 
 def test_unsupported_tensor_type(tmp_path: Path):
-    bad = tmp_path / "q4k.gguf"
-    block = np.zeros((2, 144), np.uint8)  # two Q4_K super-blocks of 256 values
-    write_gguf(bad, {"general.architecture": "llama"}, [("w", block)], type_ids={"w": int(GGMLType.Q4_K)})
+    bad = tmp_path / "iq2.gguf"
+    block = np.zeros((2, 66), np.uint8)  # two IQ2_XXS super-blocks of 256 values
+    write_gguf(bad, {"general.architecture": "llama"}, [("w", block)], type_ids={"w": int(GGMLType.IQ2_XXS)})
     with pytest.raises(UnsupportedModelError) as err:
         read_gguf(bad).array("w")
-    assert_clear(err, bad, "Q4_K")
+    assert_clear(err, bad, "tensor w has type IQ2_XXS (ggml type id 16)")
+    assert "supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, BF16" in str(err.value)
     unknown = tmp_path / "unknown.gguf"
     write_gguf(unknown, {}, [("w", np.zeros(4, np.float32))])
     raw = bytearray(unknown.read_bytes())

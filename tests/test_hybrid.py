@@ -151,7 +151,8 @@ def test_budget_sweep_stays_within_budget_and_moves_activations_to_the_accelerat
     with jax.default_device(placement.host):
         m = load_model(model_path)
     stats = profile(m, profile_windows(m, None, 128, 4096), progress=False)
-    dense = 8_912_608  # stories260K at n_ctx 256 on 2 accelerators, predictors of rank 16 (plan_budget)
+    ranks = [p.rank for p in m.checkpoint.weights.predictors]  # stories260K at n_ctx 256 on 2 accelerators
+    dense = plan_budget(m.config, 0, n_ctx=256, predictor_ranks=ranks, n_devices=2, allow_all_cold=True).dense_bytes
     shares, hot = [], []
     for extra, quantile in ((0, None), (200_000, None), (700_000, 1.0)):
         s = prepare_hybrid(

@@ -9,6 +9,7 @@ import pytest
 from pijax.config import ModelConfig
 from pijax.errors import BudgetError, ConfigError
 from pijax.index import parse_bytes, plan_budget
+from pijax.index.budget import resolve_budget
 
 STORIES = ModelConfig(n_vocab=512, n_ctx=256, n_embd=64, n_ff=172, n_layer=5, n_head=8, n_head_kv=4, rope_dim=8)
 
@@ -40,7 +41,15 @@ def test_parse_bytes_rejects_bad_input_with_config_error(bad):
 
 def test_dense_parts_follow_the_documented_formulas():
     cfg = STORIES
-    plan = plan_budget(cfg, "64MiB", weight_dtype="f16", kv_dtype="f16", n_batch=32, predictor_ranks=[16] * 5)
+    plan = plan_budget(
+        cfg,
+        "64MiB",
+        weight_dtype="f16",
+        kv_dtype="f16",
+        n_batch=32,
+        predictor_ranks=[16] * 5,
+        compute_buffers="formula",
+    )
     d, dkv, f, layers = 64, 32, 172, 5
     assert plan.attention_bytes == layers * ((2 * d * d + 2 * dkv * d) * 2 + d * 4)
     assert plan.predictor_bytes == layers * (16 * d + f * 16) * 2
@@ -100,3 +109,20 @@ def test_bad_plan_arguments_raise_config_error():
         plan_budget(STORIES, "1GiB", weight_dtype="q3_k_fancy")
     with pytest.raises(ConfigError):
         plan_budget(STORIES, "1GiB", rounding="sloppy")
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_plan_budget_reads_a_share_of_the_ffn_under_its_own_settings(devices):
+    kw = {"predictor_ranks": [16] * 5, "n_devices": devices, "n_ctx": 64}
+    total = STORIES.n_layer * STORIES.n_ff
+    for pct, want in ((0, 0), (50, math.ceil(0.5 * total)), (100, total)):
+        plan = plan_budget(STORIES, f"ffn:{pct}%", **kw)
+        assert plan.capacity_neurons == want
+        assert plan.budget_bytes == resolve_budget(f"ffn:{pct}%", STORIES, **kw)
+    assert plan_budget(STORIES, " FFN : 12.5 % ", **kw).capacity_neurons == math.ceil(0.125 * total)
+
+
+@pytest.mark.parametrize("bad", ["ffn:150%", "ffn:", "ffn30%", "ffn:-5%"])
+def test_a_bad_share_of_the_ffn_is_a_config_error(bad):
+    with pytest.raises(ConfigError):
+        plan_budget(STORIES, bad)

@@ -163,3 +163,26 @@ def test_bad_requests_raise_clear_errors():
         solve("powerinfer", counts[0], 4)
     with pytest.raises(DataError):
         solve("powerinfer", np.full((2, 3), np.nan), 4)
+
+
+def test_layers_offloads_whole_layers_from_the_first_within_the_budget():
+    """index=layers (llama.cpp's -ngl): at each budget, a prefix of whole layers, never over the planned capacity,
+    and more budget never removes a hot layer."""
+    from pijax.config import ModelConfig
+    from pijax.index import plan_budget
+
+    cfg = ModelConfig(n_vocab=512, n_ctx=256, n_embd=64, n_ff=172, n_layer=5, n_head=8, n_head_kv=4, rope_dim=8)
+    counts = power_law_counts(5, cfg.n_layer, cfg.n_ff)
+    counts[-1] *= 100  # the hottest layer last: the policy ignores counts, as -ngl does
+    previous = 0
+    for pct in range(0, 101, 5):
+        plan = plan_budget(cfg, f"ffn:{pct}%", n_batch=32)
+        buckets = solve("layers", counts, plan.capacity_neurons)
+        assert_valid(buckets, cfg.n_layer, cfg.n_ff)
+        n_hot = sum(len(b) == cfg.n_ff for b in buckets)
+        assert [len(b) for b in buckets] == [cfg.n_ff] * n_hot + [0] * (cfg.n_layer - n_hot)
+        assert n_hot * cfg.n_ff <= plan.capacity_neurons and n_hot == plan.capacity_neurons // cfg.n_ff
+        assert n_hot >= previous
+        previous = n_hot
+    assert previous == cfg.n_layer
+    assert "layers" in POLICIES

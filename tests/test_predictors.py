@@ -17,18 +17,9 @@ from pijax.io.weights import PredictorWeights
 from pijax.model.predictor import Predictor
 from pijax.paths import ASSETS, STORIES260K
 from pijax.sparsity.predictor_config import PredictorTrainConfig
-from pijax.sparsity.predictors import (
-    PredictorMetrics,
-    TrainedPredictors,
-    collect_pairs,
-    evaluate_predictors,
-    fit_rank,
-    fold_thresholds,
-    load_predictors,
-    predictor_logits,
-    save_predictor_model,
-    weights_fingerprint,
-)
+from pijax.sparsity.predictor_data import PredictorMetrics, collect_pairs, predictor_logits
+from pijax.sparsity.predictor_files import load_predictors, save_predictor_model, weights_fingerprint
+from pijax.sparsity.predictors import TrainedPredictors, evaluate_predictors, fit_rank, fold_thresholds
 
 RELU = ASSETS / "stories260K_relu.gguf"
 SHIPPED = ASSETS / "stories260K_relu_predictors.gguf"

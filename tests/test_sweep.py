@@ -16,9 +16,9 @@ import pytest
 
 from pijax.api import load_model
 from pijax.bench.session import default_relu_model
-from pijax.bench.throughput import ffn_share, resolve_budget
 from pijax.errors import ConfigError
 from pijax.index import plan_budget
+from pijax.index.budget import ffn_share, resolve_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("powerinfer", "neuron_greedy", "uniform")

@@ -13,17 +13,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from pijax.api import load_model
-from pijax.bench.synth import (
-    PRESETS,
-    load_report,
-    main,
-    preset_spec,
-    report_path,
-    spec_from_metadata,
-    synthetic_vocab,
-    target_frequencies,
-)
 from pijax.bench.synth import ensure_synth_model as ensure
+from pijax.bench.synth import load_report, main, report_path
+from pijax.bench.synth_spec import PRESETS, preset_spec, spec_from_metadata, synthetic_vocab, target_frequencies
 from pijax.errors import ConfigError
 from pijax.io.checkpoint import load_checkpoint
 from pijax.io.gguf import GGMLType, read_gguf, write_gguf, write_gguf_stream
@@ -147,6 +139,8 @@ def test_presets_and_bad_parameters():
         32,
         4,
     )
+    small = PRESETS["small"]
+    assert (small.n_layer, small.n_embd, small.n_ff, small.n_head, small.n_head_kv) == (8, 1024, 2816, 16, 4)
     seven_b = PRESETS["llama2-7b"]
     assert (seven_b.n_embd, seven_b.n_ff, seven_b.n_layer, seven_b.n_head_kv) == (4096, 11008, 32, 32)
     with pytest.raises(ConfigError, match="unknown synthetic preset"):

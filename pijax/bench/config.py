@@ -99,7 +99,7 @@ class SimulateConfig:
     """
 
     profiles: tuple[str, ...] = ("rtx4090", "a100_80gb", "h100", "laptop")
-    policies: tuple[str, ...] = ("powerinfer", "neuron_greedy", "uniform")
+    policies: tuple[str, ...] = ("powerinfer", "neuron_greedy", "uniform", "layers")
     ffn_fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     weight_dtype: str = "f16"
     n_ctx: int = 2048

@@ -8,17 +8,35 @@ from __future__ import annotations
 import dataclasses
 
 from pijax.errors import ConfigError
+from pijax.index.budget import ffn_share
 
-BENCH_PARTS = ("llamacpp", "dense", "sparse", "lowp", "sweep", "size", "ffn", "profile")
+BENCH_PARTS = (
+    "llamacpp",
+    "dense",
+    "dense_xla",
+    "sparse",
+    "hybrid",
+    "layers",
+    "lowp",
+    "sweep",
+    "size",
+    "ffn",
+    "profile",
+)
+HYBRID_BUDGETS = ("ffn:0%", "ffn:20%", "ffn:50%", "ffn:80%", "ffn:100%")
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """What `python -m pijax.run +experiment=bench_decode` measures.
 
-    preset / synth_overrides: the SYNTHETIC model (`pijax.bench.synth`); the llama.cpp-loadable f32 and f16 copies
-      are written next to it. parts: which measurements run (see BENCH_PARTS; `ffn` and `size` use the 7B-shaped
-      layer stack `size_preset` with `size_layers` layers).
+    preset / synth_overrides: the SYNTHETIC model (`pijax.bench.synth`), a registered model name (smollm2-135m)
+      or the path of a GGUF (e.g. pijax/assets/stories260K_relu_predictors.gguf); the llama.cpp-loadable f32 and f16 copies are written
+      next to a synthetic model, into the synthetic cache for a path.
+    hybrid_budgets / hybrid_policy / hybrid_profile_tokens: parts `hybrid` (neurons placed by hybrid_policy) and
+      `layers` (whole layers, llama.cpp -ngl): the hybrid engine at each budget (pijax.bench.decode_hybrid). parts: which measurements run (see BENCH_PARTS; `ffn` and `size` use the 7B-shaped
+      layer stack `size_preset` with `size_layers` layers; `dense_xla` is the XLA dense engine alone, the
+      all-on-accelerator baseline of a GPU run).
     threads: llama.cpp's n_threads and the kernels' thread count (XLA:CPU uses every core it is given).
     n_prompt / n_new: prompt length (prefill, one batch) and decoded tokens per repeat; `repeats` timed repeats
       after one warm-up, medians reported with min and max. Sweeps use `sweep_new` tokens per repeat.
@@ -30,7 +48,7 @@ class BenchConfig:
 
     preset: str = "tinyllama-1.1b"
     synth_overrides: tuple[tuple[str, object], ...] = ()
-    parts: tuple[str, ...] = BENCH_PARTS
+    parts: tuple[str, ...] = tuple(p for p in BENCH_PARTS if p != "dense_xla")  # dense measures it too
     threads: int = 2
     n_prompt: int = 128
     n_new: int = 128
@@ -43,6 +61,9 @@ class BenchConfig:
     size_layers: int = 4
     ffn_repeats: int = 30
     probe_gb: float = 1.2
+    hybrid_budgets: tuple[str, ...] = HYBRID_BUDGETS
+    hybrid_policy: str = "powerinfer"
+    hybrid_profile_tokens: int = 4096
     out_dir: str = ""
 
     def __post_init__(self) -> None:
@@ -51,6 +72,9 @@ class BenchConfig:
             raise ConfigError(f"bench.parts {bad} are not among {BENCH_PARTS}")
         if self.repeats < 1 or self.n_new < 2 or self.n_prompt < 1 or self.threads < 1:
             raise ConfigError("bench needs repeats >= 1, n_new >= 2, n_prompt >= 1, threads >= 1")
+        for b in self.hybrid_budgets:
+            if ffn_share(b) is None:
+                raise ConfigError(f"bench.hybrid_budgets are written like 'ffn:50%', got {b!r}")
         if any(not 0 < f <= 1 for f in self.sweep_fractions):
             raise ConfigError(f"bench.sweep_fractions must be in (0, 1], got {self.sweep_fractions}")
 
@@ -68,4 +92,6 @@ class BenchConfig:
             sweep_formats=("f32",),
             lowp_formats=("int8",),
             probe_gb=0.05,
+            hybrid_budgets=("ffn:0%", "ffn:100%"),
+            hybrid_profile_tokens=512,
         )

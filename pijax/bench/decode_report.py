@@ -117,6 +117,11 @@ def engines_table(results: dict[str, Any]) -> list[dict[str, Any]]:
             row["share_of_bound"] = round(r["share_of_bound_bound"]["median"], 3)
             row["share_of_touched_bound"] = round(r["share_of_touched_bound"]["median"], 3)
             row["bandwidth_GBps"] = round(r["bandwidth_GBps"]["median"], 2)
+        for key in ("policy", "budget", "budget_bytes", "resident_bytes"):
+            if key in r:
+                row[key] = r[key]
+        if "hot_fraction" in r:
+            row["hot_fraction"] = round(r["hot_fraction"], 4)
         if "selection" in r:
             row["selected_fraction"] = round(r["selection"]["selected_fraction"], 4)
             row["live_fraction"] = round(r["selection"]["live_fraction"], 4)
@@ -227,10 +232,56 @@ def plot_size(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_budgets(results: dict[str, Any], path: Path) -> None:
+    """Decode tok/s against resident accelerator MB: the hybrid engine (neurons) and layer offload at each budget,
+    with the dense (and sparse) engines as horizontal lines; error bars are min and max of the repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in engines_table(results) if "budget" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, style in (("pijax_hybrid", "-o"), ("pijax_layers", "--s")):
+        mine = sorted((r for r in rows if r["engine"].startswith(kind)), key=lambda r: r["resident_bytes"])
+        if not mine:
+            continue
+        x = [r["resident_bytes"] / 2**20 for r in mine]
+        y = [r["decode_tok_s"] for r in mine]
+        err = [
+            [v - r["decode_min"] for v, r in zip(y, mine, strict=True)],
+            [r["decode_max"] - v for v, r in zip(y, mine, strict=True)],
+        ]
+        label = f"hybrid ({mine[0]['policy']})" if kind == "pijax_hybrid" else "layer offload (-ngl)"
+        ax.errorbar(x, y, yerr=err, fmt=style, capsize=3, label=label)
+        for xi, yi, r in zip(x, y, mine, strict=True):
+            ax.annotate(
+                r["budget"].removeprefix("ffn:"), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    for key, name, style in (
+        ("pijax_dense_f32_xla", "dense, all on the accelerator", ":"),
+        ("pijax_sparse_f32", "sparse, one device", "-."),
+    ):
+        r = results.get(key)
+        if r and "decode_tok_s" in r:
+            ax.axhline(r["decode_tok_s"]["median"], linestyle=style, color="gray", label=name)
+    ax.set_xlabel("resident accelerator memory (MiB)")
+    ax.set_ylabel("decode tok/s (median, min-max)")
+    ax.set_title(f"{Path(str(results['config']['preset'])).name}: throughput against accelerator memory")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_all(results: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "targets.md").write_text(targets_markdown(results))
     _write_csv(out_dir / "decode.csv", engines_table(results))
     _write_csv(out_dir / "sweep.csv", sweep_rows(results))
     plot_sweep(results, out_dir / "sweep.png")
     plot_size(results, out_dir / "size.png")
+    plot_budgets(results, out_dir / "tok_s_vs_vram.png")
     print(targets_markdown(results))

@@ -36,7 +36,8 @@ N_TOKENS = 32
 
 def layer_inputs(path: str | os.PathLike[str], n_tokens: int = N_TOKENS, seed: int = 7) -> dict[str, np.ndarray]:
     """Layer 0's FFN input (residual stream before the FFN norm) and its normed version, for random tokens."""
-    from pijax.bench.synth import attention, rms_norm, spec_from_metadata
+    from pijax.bench.synth_fit import attention, rms_norm
+    from pijax.bench.synth_spec import spec_from_metadata
 
     f = read_gguf(path)
     spec = spec_from_metadata(f.metadata)

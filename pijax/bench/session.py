@@ -19,10 +19,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pijax.errors import ConfigError
-from pijax.paths import ASSETS
+from pijax.paths import RELU_STORIES260K, RELU_STORIES260K_PREDICTORS, default_relu_model
 
-RELU_PREDICTORS = ASSETS / "stories260K_relu_predictors.gguf"
-RELU = ASSETS / "stories260K_relu.gguf"
+RELU, RELU_PREDICTORS = RELU_STORIES260K, RELU_STORIES260K_PREDICTORS  # the notebooks' names
 REAL, SYNTHETIC = "real", "synthetic"
 
 T = TypeVar("T")
@@ -38,11 +37,6 @@ def cached(key: Hashable, make: Callable[[], T]) -> T:
 
 def clear_cache() -> None:
     _CACHE.clear()
-
-
-def default_relu_model() -> Path:
-    """The shipped ReLU-fied stories260K, preferring the copy with trained predictors."""
-    return RELU_PREDICTORS if RELU_PREDICTORS.is_file() else RELU
 
 
 def model_path(path: str, synthetic: str, *, progress: bool = True) -> Path:
@@ -75,7 +69,7 @@ def load_bench_model(path: Path, ffn_act: Any, host: Any) -> BenchModel:
     import jax
 
     from pijax.api import load_model
-    from pijax.bench.synth import spec_from_metadata
+    from pijax.bench.synth_spec import spec_from_metadata
 
     def make() -> BenchModel:
         with jax.default_device(host):
@@ -103,8 +97,6 @@ def load_bench_model(path: Path, ffn_act: Any, host: Any) -> BenchModel:
 
 def text_windows(model: Any, corpus_path: str, split: str, seq_len: int, max_tokens: int) -> np.ndarray:
     """Token windows [N, seq_len] from the corpus' train split (first 90%) or held-out split (last 10%)."""
-    from pijax.corpus import load_corpus, token_windows
+    from pijax.corpus import split_windows
 
-    train, held = load_corpus(corpus_path or None).split(0.1)
-    docs = train.docs if split == "train" else held.docs
-    return token_windows(model.tokenizer, docs, seq_len, max_tokens=max_tokens)
+    return split_windows(model.tokenizer, corpus_path or None, split, seq_len, max_tokens)

@@ -35,7 +35,7 @@ import numpy as np
 
 from pijax.config import ModelConfig
 from pijax.errors import ConfigError, DataError
-from pijax.index.budget import BUCKET_BYTES_PER_NEURON, BudgetPlan, dtype_bytes, plan_budget
+from pijax.index.budget import BUCKET_BYTES_PER_NEURON, BudgetPlan, dtype_bytes, ffn_budget_bytes, plan_budget
 from pijax.index.cost_model import predicted_token_seconds
 from pijax.index.hardware import HardwareProfile, get_preset
 from pijax.index.policies import solve
@@ -122,7 +122,7 @@ def collect_trace(
     "oracle": act != 0; "dense": every row. counts / n_counted_tokens: the true statistics the index is built from."""
     import jax.numpy as jnp
 
-    from pijax.sparsity.predictors import predictor_logits
+    from pijax.sparsity.predictor_data import predictor_logits
     from pijax.sparsity.profile import check_windows, profile
 
     source = resolve_source(source, model)
@@ -244,9 +244,7 @@ def policy_buckets(
 
 def budget_for_fraction(model_cfg: ModelConfig, fraction: float, **plan_kwargs: Any) -> tuple[int, BudgetPlan]:
     """The budget that holds the dense part plus `fraction` of all FFN neurons, and its plan."""
-    full = plan_budget(model_cfg, 2**62, **plan_kwargs)
-    per = full.bytes_per_neuron + BUCKET_BYTES_PER_NEURON
-    budget = full.dense_bytes + math.ceil(fraction * full.total_neurons) * per
+    budget = ffn_budget_bytes(fraction, model_cfg, **plan_kwargs)
     return budget, plan_budget(model_cfg, budget, **plan_kwargs)
 
 

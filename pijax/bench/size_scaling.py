@@ -3,7 +3,7 @@
 A whole LLaMA-2-7B in f32 (27 GB) does not fit this machine, so the stack holds `n_layer` of its layers plus the
 full-size embedding and output head. Per engine: the stack's decode tok/s (measured), and an estimate for all 32
 layers, t_7B = t_head + 32 * (t_stack - t_head) / n_layer, with t_head the output norm + head + argmax timed
-alone (`pijax.bench.decode.profile_step`). llama.cpp (when installed) runs plain copies of the same stack.
+alone (`pijax.bench.decode_timing.profile_step`). llama.cpp (when installed) runs plain copies of the same stack.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _estimate(tok_s: float, head_ms: float, n_layer: int) -> float:
 
 
 def run(pwri: Path, cfg: BenchConfig, probe: BandwidthProbe | None, prompt: list[int]) -> dict[str, Any]:
-    from pijax.bench.decode import measure_pijax, profile_step
+    from pijax.bench.decode_timing import measure_pijax, profile_step
     from pijax.kernels.convert import load_llama
 
     points: list[dict[str, Any]] = []

@@ -1,15 +1,11 @@
-"""Throughput measurement: relative budgets, timed generations (median after warm-up), batch logits of an engine.
+"""Throughput measurement: timed generations (median after warm-up), batch logits of an engine.
 
-`resolve_budget("ffn:30%", ...)` turns a budget relative to the model into bytes: the dense part (everything that
-must be resident before any FFN row, as pijax.index.plan_budget counts it) plus that share of all FFN neurons, so
-one sweep grid means the same thing for a 260K and a 1.1B model. Absolute budgets ("2GiB", bytes) pass through.
+Budgets ("ffn:30%", "2GiB") are read by pijax.index.budget.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -17,37 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from pijax.config import ModelConfig
 from pijax.errors import ConfigError
-from pijax.index.budget import BUCKET_BYTES_PER_NEURON, plan_budget
-
-_FFN_RE = re.compile(r"^\s*ffn\s*:\s*([0-9]*\.?[0-9]+)\s*%\s*$", re.IGNORECASE)
-
-
-def ffn_share(budget: str | int | float | None) -> float | None:
-    """0.3 for 'ffn:30%', None for anything else (an absolute budget)."""
-    if not isinstance(budget, str):
-        return None
-    m = _FFN_RE.match(budget)
-    if m is None:
-        if budget.strip().lower().startswith("ffn"):
-            raise ConfigError(f"cannot read budget {budget!r}; a relative budget is written like 'ffn:30%'")
-        return None
-    share = float(m.group(1)) / 100.0
-    if share > 1.0:
-        raise ConfigError(f"budget {budget!r}: the FFN share must be at most 100%")
-    return share
-
-
-def resolve_budget(budget: str | int | float | None, model_cfg: ModelConfig, **plan_kwargs: Any) -> int | str:
-    """Bytes for 'ffn:X%' (dense part + X% of all FFN neurons, under plan_budget(**plan_kwargs)); None means
-    'ffn:100%'; any other budget is returned unchanged for plan_budget to read."""
-    share = 1.0 if budget is None else ffn_share(budget)
-    if share is None:
-        return budget  # type: ignore[return-value]
-    full = plan_budget(model_cfg, 2**62, **plan_kwargs)
-    per = full.bytes_per_neuron + BUCKET_BYTES_PER_NEURON
-    return full.dense_bytes + math.ceil(share * full.total_neurons) * per
 
 
 @dataclasses.dataclass(frozen=True)

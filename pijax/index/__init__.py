@@ -1,6 +1,6 @@
 """pijax.index: which FFN neurons live on the accelerator (the gpuidx), and how that choice is cached.
 
-budget (accelerator-memory accounting) -> policies (registry: powerinfer, neuron_greedy, uniform, random, all,
+budget (accelerator-memory accounting) -> policies (registry: powerinfer, neuron_greedy, uniform, layers, random, all,
 none, cost_model) -> gpuidx (the `<model>.generated.gpuidx` file) -> cache (`get_or_build_index`).
 Importing this package does not import jax or scipy.
 """

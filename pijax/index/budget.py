@@ -7,14 +7,19 @@ budget that "fits" does not run out of memory later. The token embedding never g
 Per hot neuron: (3 with a gate, else 2) x n_embd x itemsize weight bytes, plus 4 bytes for its int32 bucket entry.
 Each layer also keeps an int32 [n_ff] neuron map on the accelerator (PowerInfer's gpu_idx), counted as dense.
 
-Compute buffers are an estimate, in the compute dtype, for a step of n_batch tokens:
+Compute buffers (`compute_buffers="xla"`, the default) are the temporaries XLA compiles for the dense model's
+decode step and a prefill of n_batch tokens at n_ctx, times a safety margin (pijax.index.compute_buffers). The
+closed formula of earlier versions (`compute_buffers="formula"`) is kept for comparison; it over-reserves ~10x:
     n_batch x (4 D + 2 D_kv + H x n_ctx + 4 F + R_max + V) x compute_itemsize
-(residual and normed input, q, attention output, k, v, attention scores, gate/up/activation/predictor logits,
-predictor hidden, output logits).
+n_batch (default 32) is the longest prompt chunk the plan allows: a longer prompt prefilled at once needs more.
 
 PowerInfer's own capacity rounding (`rounding="powerinfer"`, used with `powerinfer_compat`):
     capacity = floor(remaining / (n_ff x itemsize x (4.5 with a gate, else 2))) x 4
 It uses n_ff where the true cost is n_embd; pijax also caps it at the exact capacity so it can never overshoot.
+
+Budgets are absolute ("2GiB", "512MB", a byte count: `parse_bytes`) or relative to the model ("ffn:30%":
+`ffn_share`): the dense part plus that share of all FFN neurons, so one sweep grid means the same thing for a 260K
+and a 1.1B model. `plan_budget` reads both, so every task that takes a budget takes both.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,6 +67,7 @@ _UNITS: dict[str, int] = {
 }
 MAX_BUDGET_BYTES = 2**62
 """The largest budget read (4 EiB): files record it as u64, and 'everything fits' is 2**62 in resolve_budget."""
+_FFN_RE = re.compile(r"^\s*ffn\s*:\s*([0-9]*\.?[0-9]+)\s*%\s*$", re.IGNORECASE)
 _BYTES_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -99,6 +105,40 @@ def parse_bytes(value: int | float | str) -> int:
     return n
 
 
+def ffn_share(budget: str | int | float | None) -> float | None:
+    """0.3 for 'ffn:30%', None for anything else (an absolute budget)."""
+    if not isinstance(budget, str):
+        return None
+    m = _FFN_RE.match(budget)
+    if m is None:
+        if budget.strip().lower().startswith("ffn"):
+            raise ConfigError(f"cannot read budget {budget!r}; a relative budget is written like 'ffn:30%'")
+        return None
+    share = float(m.group(1)) / 100.0
+    if share > 1.0:
+        raise ConfigError(f"budget {budget!r}: the FFN share must be at most 100%")
+    return share
+
+
+def resolve_budget(budget: str | int | float | None, model_cfg: ModelConfig, **plan_kwargs: Any) -> int | str:
+    """Bytes for 'ffn:X%' (dense part + X% of all FFN neurons, under plan_budget(**plan_kwargs)); None means
+    'ffn:100%'; any other budget is returned unchanged for plan_budget to read."""
+    share = 1.0 if budget is None else ffn_share(budget)
+    if share is None:
+        return budget  # type: ignore[return-value]
+    return ffn_budget_bytes(share, model_cfg, **plan_kwargs)
+
+
+def ffn_budget_bytes(share: float, model_cfg: ModelConfig, **plan_kwargs: Any) -> int:
+    """The budget that holds the dense part (under plan_budget(**plan_kwargs)) plus `share` of all FFN neurons."""
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"the FFN share must be between 0 and 1, got {share!r}")
+    plan_kwargs = {k: v for k, v in plan_kwargs.items() if k != "allow_all_cold"}
+    full = plan_budget(model_cfg, 2**62, **plan_kwargs)
+    per = full.bytes_per_neuron + BUCKET_BYTES_PER_NEURON
+    return full.dense_bytes + math.ceil(share * full.total_neurons) * per
+
+
 def dtype_bytes(dtype: str | np.dtype | type) -> float:
     """Bytes per stored weight: 'f32' 4, 'f16'/'bf16' 2, 'q8_0' 34/32, 'q4_0' 18/32 (block scales included)."""
     if isinstance(dtype, str) and dtype.lower() in _DTYPE_BYTES:
@@ -128,6 +168,7 @@ class BudgetPlan:
     total_neurons: int
     fits: bool
     rounding: Literal["exact", "powerinfer"] = "exact"
+    compute_source: str = "formula"  # how compute_buffer_bytes was found: "xla", "formula" or "given"
 
     @property
     def dense_bytes(self) -> int:
@@ -151,6 +192,7 @@ class BudgetPlan:
 
     def summary(self) -> str:
         rows = [f"{k:<20} {v:>16,d}" for k, v in self.parts().items()]
+        rows[list(self.parts()).index("compute buffers")] += f"   ({self.compute_source})"
         rows.append(f"{'dense total':<20} {self.dense_bytes:>16,d}")
         rows.append(f"{'budget':<20} {self.budget_bytes:>16,d}")
         rows.append(
@@ -169,21 +211,42 @@ def plan_budget(
     predictor_dtype: str | np.dtype | None = None,
     compute_dtype: str | np.dtype = "f32",
     n_ctx: int | None = None,
-    n_batch: int = 512,
+    n_batch: int = 32,
     predictor_ranks: Sequence[int] | None = None,
     gated: bool = True,
     n_devices: int = 1,
     replicate_dense: bool = True,
     rounding: Literal["exact", "powerinfer"] = "exact",
     allow_all_cold: bool = False,
+    compute_buffers: Literal["xla", "formula"] | int = "xla",
 ) -> BudgetPlan:
     """Account `budget` (total over `n_devices` accelerators) and return the FFN neuron capacity.
+
+    budget: bytes, a size string ('2GiB') or a share of the FFN ('ffn:30%': the dense part under these same
+    settings plus 30% of all FFN neurons).
 
     n_ctx defaults to the model's; n_batch is clipped to n_ctx. With `replicate_dense` every device holds the
     dense part and its own compute buffers; otherwise the dense part is counted once (sharded). Raises
     BudgetError naming the bytes needed when the dense part does not fit, unless `allow_all_cold`, which
     returns a plan with capacity 0 and `fits=False`.
     """
+    if ffn_share(budget) is not None:
+        budget = resolve_budget(
+            budget,
+            model_cfg,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            predictor_dtype=predictor_dtype,
+            compute_dtype=compute_dtype,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            predictor_ranks=predictor_ranks,
+            gated=gated,
+            n_devices=n_devices,
+            replicate_dense=replicate_dense,
+            rounding=rounding,
+            compute_buffers=compute_buffers,
+        )
     budget_bytes = parse_bytes(budget)
     cfg = model_cfg
     if n_devices < 1:
@@ -210,7 +273,19 @@ def plan_budget(
     kv_cache = math.ceil(2 * n_layer * n_ctx * dkv * kvb)
     tokens = min(n_batch, n_ctx)
     r_max = max(ranks, default=0)
-    compute = math.ceil(tokens * (4 * d + 2 * dkv + cfg.n_head * n_ctx + 4 * f + r_max + cfg.n_vocab) * cb)
+    if isinstance(compute_buffers, int) and not isinstance(compute_buffers, bool):
+        compute, source = int(compute_buffers), "given"
+    elif compute_buffers == "formula":
+        compute = math.ceil(tokens * (4 * d + 2 * dkv + cfg.n_head * n_ctx + 4 * f + r_max + cfg.n_vocab) * cb)
+        source = "formula"
+    elif compute_buffers == "xla":
+        from pijax.index.compute_buffers import SAFETY_MARGIN, reserved_compute_bytes
+
+        dtype = "float32" if cb >= 4 else "bfloat16"
+        compute = reserved_compute_bytes(cfg, n_ctx, tokens, dtype=dtype, r_max=r_max, itemsize=cb)
+        source = f"xla x{SAFETY_MARGIN:g}"
+    else:
+        raise ConfigError(f"compute_buffers must be 'xla', 'formula' or a byte count, got {compute_buffers!r}")
     neuron_maps = n_layer * f * 4
     copies = n_devices if replicate_dense else 1
     dense = (attention + predictors + ffn_norms + output + kv_cache + neuron_maps) * copies + compute * n_devices
@@ -244,4 +319,5 @@ def plan_budget(
         total_neurons=total,
         fits=fits,
         rounding=rounding,
+        compute_source=source,
     )

@@ -1,5 +1,8 @@
 """Index-generation policies: a registry of pure functions from activation counts and a capacity to hot sets.
 
+Policies: powerinfer, neuron_greedy, cost_model (pijax.index.cost_model), uniform, layers (whole layers from the
+first, llama.cpp's -ngl), random, all, none.
+
 Every policy takes `counts` `[n_layer, n_ff]` (activation counts or any non-negative score, higher = hotter) and
 `capacity` (FFN neurons that fit on the accelerator) and returns one ascending int32 array of hot neuron ids
 per layer. Orders are deterministic: neurons with equal counts rank by lower id first (PowerInfer's torch.sort
@@ -145,6 +148,18 @@ def uniform_policy(counts: np.ndarray, capacity: int) -> list[np.ndarray]:
     n_layer, n_ff = counts.shape
     k = min(capacity // n_layer, n_ff)
     return top_k_per_layer(descending_order(counts), np.full(n_layer, k))
+
+
+@register_policy("layers")
+def layers_policy(counts: np.ndarray, capacity: int) -> list[np.ndarray]:
+    """Whole layers hot from the first one, as llama.cpp's `-ngl N` offloads: the first capacity // n_ff layers
+    have every FFN neuron hot, the rest none (the remainder unused), whatever the counts.
+
+    The layer-offload baseline beside the neuron policies at equal budgets. Unlike `-ngl`, the attention and KV
+    cache of every layer stay on the accelerator (the budget's dense part), so only the FFN's placement differs."""
+    n_layer, n_ff = counts.shape
+    k = min(capacity // n_ff, n_layer)
+    return [np.arange(n_ff if layer < k else 0, dtype=np.int32) for layer in range(n_layer)]
 
 
 @register_policy("random")

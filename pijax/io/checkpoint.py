@@ -26,12 +26,40 @@ THRESHOLD_KEY = "powerinfer.sparse_threshold"
 ACTIVATIONS: tuple[FfnActivation, ...] = ("silu", "relu", "drelu")
 
 
-@dataclasses.dataclass
+class _LazyWeights:
+    """The `weights` field of a Checkpoint: read from the file on first access when it was given as None."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> LlamaWeights:
+        if obj is None:
+            raise AttributeError("weights")  # no class-level value: the dataclass field has no default
+        if getattr(obj, self.slot) is None:
+            setattr(obj, self.slot, read_weights(obj.gguf, obj.config, obj.dtype))
+        return getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: LlamaWeights | None) -> None:
+        setattr(obj, self.slot, value)
+
+
+@dataclasses.dataclass(repr=False)
 class Checkpoint:
+    """A validated model file: its config, its parsed GGUF and its weights as numpy arrays in `dtype`.
+
+    `weights` may be given as None: it is then read on first use (from the memory-mapped file, tensor by
+    tensor), so that a model loaded straight into a module (`pijax.api.load_model`) keeps no second copy of every
+    matrix unless something asks for it.
+    """
+
     config: ModelConfig
-    weights: LlamaWeights
+    weights: LlamaWeights = _LazyWeights()  # type: ignore[assignment]
     gguf: GGUFFile
     fingerprint: str
+    dtype: np.typing.DTypeLike = np.float32
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.gguf.path}, {self.config.name or 'unnamed'}, {self.fingerprint})"
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -99,12 +127,17 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _checked(f: GGUFFile, name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
+def _check_shape(f: GGUFFile, name: str, shape: tuple[int, ...]) -> None:
     if name not in f.tensors:
         raise TensorError(f"missing tensor {name}", f.path)
     got = f.tensors[name].shape
     if got != shape:
         raise TensorError(f"tensor {name} has shape {got}, expected {shape}", f.path)
+    f.check_readable(name)
+
+
+def _checked(f: GGUFFile, name: str, shape: tuple[int, ...], dtype: np.typing.DTypeLike) -> np.ndarray:
+    _check_shape(f, name, shape)
     return f.array(name, dtype)
 
 
@@ -113,10 +146,31 @@ def load_checkpoint(
     *,
     ffn_act: FfnActivation | None = None,
     dtype: np.typing.DTypeLike = np.float32,
+    lazy: bool = False,
 ) -> Checkpoint:
-    """Read and validate a LLaMA GGUF; `ffn_act` overrides the activation the file implies."""
+    """Read and validate a LLaMA GGUF; `ffn_act` overrides the activation the file implies. `lazy`: check
+    every tensor's presence and shape now, read the weights on first use of `.weights`."""
     f = read_gguf(path)
     cfg = model_config_from_gguf(f, ffn_act)
+    if lazy:
+        for name, shape in _required_shapes(f, cfg).items():
+            _check_shape(f, name, shape)
+        return Checkpoint(cfg, None, f, model_fingerprint(f), dtype=dtype)
+    return Checkpoint(cfg, read_weights(f, cfg, dtype), f, model_fingerprint(f), dtype=dtype)
+
+
+def _required_shapes(f: GGUFFile, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    shapes = _expected_shapes(cfg)
+    for i in range(cfg.n_layer):
+        if "blk.0.ffn_down_t.weight" in f.tensors:
+            shapes[f"blk.{i}.ffn_down_t.weight"] = (cfg.n_ff, cfg.n_embd)
+        else:
+            shapes[f"blk.{i}.ffn_down.weight"] = (cfg.n_embd, cfg.n_ff)
+    return shapes
+
+
+def read_weights(f: GGUFFile, cfg: ModelConfig, dtype: np.typing.DTypeLike = np.float32) -> LlamaWeights:
+    """Every matrix of a parsed, configured file as numpy arrays in `dtype`, checked for presence and shape."""
     shapes = _expected_shapes(cfg)
     has_down_t = "blk.0.ffn_down_t.weight" in f.tensors
 
@@ -144,7 +198,7 @@ def load_checkpoint(
             )
         )
     embd = get("token_embd.weight")
-    weights = LlamaWeights(
+    return LlamaWeights(
         token_embd=embd,
         output_norm=get("output_norm.weight"),
         output=embd if cfg.tied_output else get("output.weight"),
@@ -152,7 +206,6 @@ def load_checkpoint(
         predictors=_load_predictors(f, cfg, dtype),
         sparse_threshold=float(f.metadata.get(THRESHOLD_KEY, 0.0)),
     )
-    return Checkpoint(cfg, weights, f, model_fingerprint(f))
 
 
 def _load_predictors(f: GGUFFile, cfg: ModelConfig, dtype: np.typing.DTypeLike) -> list[PredictorWeights] | None:

@@ -3,7 +3,7 @@
 It never hashes a whole (possibly 100 GB) file: it covers the header facts (magic, version, file size, metadata,
 every tensor's name, type, shape, offset and size) and 3 x 64 sampled bytes per tensor (start, middle, end), read
 through the read-only memory map of `read_gguf`. The model file is never opened for writing. A layout-independent
-identity of the weights themselves (for predictors) is `pijax.sparsity.predictors.weights_fingerprint`.
+identity of the weights themselves (for predictors) is `pijax.sparsity.predictor_files.weights_fingerprint`.
 """
 
 from __future__ import annotations
@@ -42,4 +42,5 @@ def model_fingerprint(model: GGUFFile | str | os.PathLike[str]) -> str:
         mid = max(len(data) // 2 - _SAMPLE // 2, 0)
         for part in (data[:_SAMPLE], data[mid : mid + _SAMPLE], data[-_SAMPLE:]):
             h.update(part.tobytes())
+        f.release(name)  # a sampled byte can map a large page-cache folio into RSS; drop it
     return MODEL_FP_PREFIX + h.hexdigest()

@@ -9,6 +9,7 @@ the file, instead of a numpy or struct traceback.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,7 +68,28 @@ _GGML_OF_NUMPY = {
     np.dtype(np.float64): GGMLType.F64,
 }
 _PLAIN_NUMPY_OF_GGML = {v: k for k, v in _GGML_OF_NUMPY.items()}
-DEQUANTIZABLE = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0})
+# The tensor types a model may hold: dequantized by `gguf.quants` (plain floats are read directly).
+DEQUANTIZABLE = frozenset(
+    {
+        GGMLType.F32,
+        GGMLType.F16,
+        GGMLType.BF16,
+        GGMLType.Q4_0,
+        GGMLType.Q4_1,
+        GGMLType.Q5_0,
+        GGMLType.Q5_1,
+        GGMLType.Q8_0,
+        GGMLType.Q2_K,
+        GGMLType.Q3_K,
+        GGMLType.Q4_K,
+        GGMLType.Q5_K,
+        GGMLType.Q6_K,
+    }
+)
+SUPPORTED_TYPES_TEXT = ", ".join(t.name for t in sorted(DEQUANTIZABLE))
+# Dequantize this many output elements at a time: gguf.quants builds every group's output before joining them,
+# so a whole embedding table at once would briefly need twice its f32 size.
+_DEQUANT_CHUNK = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,23 +139,53 @@ class GGUFFile:
         return buf.view(plain).reshape(info.shape) if plain is not None else buf
 
     def array(self, name: str, dtype: np.typing.DTypeLike = np.float32) -> np.ndarray:
-        """A dequantized copy of a tensor in numpy shape."""
+        """A dequantized copy of a tensor in numpy shape, made in row chunks (peak: the copy plus one chunk).
+
+        The file pages it touched are dropped from this process's resident set afterwards (`release`), so that
+        streaming a model through `array` does not keep a second, file-backed copy of it in RSS."""
         info = self._info(name)
         qtype = self.ggml_type(name)
         buf = self._mmap[info.offset : info.offset + info.nbytes]
         if qtype in _PLAIN_NUMPY_OF_GGML:
-            out = buf.view(_PLAIN_NUMPY_OF_GGML[qtype]).reshape(info.shape)
-        elif qtype == GGMLType.BF16:
-            out = (buf.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+            out = np.array(buf.view(_PLAIN_NUMPY_OF_GGML[qtype]).reshape(info.shape), dtype=dtype, copy=True)
         elif qtype in DEQUANTIZABLE:
+            out = np.empty(info.shape, dtype=dtype)
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            rows = buf.reshape(-1, info.shape[-1] // block * type_size)
-            out = gguf.quants.dequantize(np.asarray(rows), qtype).reshape(info.shape)
+            row_elems = info.shape[-1] if info.shape else 1
+            rows = buf.reshape(-1, row_elems // block * type_size)
+            flat = out.reshape(-1, row_elems)
+            step = max(1, _DEQUANT_CHUNK // max(row_elems, 1))
+            for r in range(0, rows.shape[0], step):
+                flat[r : r + step] = gguf.quants.dequantize(np.asarray(rows[r : r + step]), qtype)
         else:
+            self.check_readable(name)
+        self.release(name)
+        return out
+
+    def check_readable(self, name: str) -> GGMLType:
+        """The tensor's type, or one UnsupportedModelError line naming the tensor, its type and what pijax reads."""
+        qtype = self.ggml_type(name)
+        if qtype not in DEQUANTIZABLE and qtype not in _PLAIN_NUMPY_OF_GGML:
             raise UnsupportedModelError(
-                f"tensor {name} has type {qtype.name}; pijax reads F32, F16, BF16, Q8_0 and Q4_0", self.path
+                f"tensor {name} has type {qtype.name} (ggml type id {self.tensors[name].ggml_type}), which pijax "
+                f"cannot read; supported: {SUPPORTED_TYPES_TEXT}",
+                self.path,
             )
-        return np.array(out, dtype=dtype, copy=True)
+        return qtype
+
+    def release(self, name: str) -> None:
+        """Drop the pages of a tensor's bytes from this process's resident set (the page cache keeps them, and
+        a later read faults them back in: the mapping is read-only and file-backed, so nothing is lost)."""
+        info = self._info(name)
+        page = mmap.PAGESIZE
+        start = info.offset // page * page
+        end = -(-(info.offset + info.nbytes) // page) * page
+        raw_map = getattr(self._mmap, "_mmap", None)
+        if raw_map is None or not hasattr(raw_map, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = min(end, len(raw_map))
+        if end > start:
+            raw_map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def _info(self, name: str) -> TensorInfo:
         try:
@@ -155,7 +207,9 @@ def _resolve_type(type_id: int, magic: str, name: str, path: Path, arch: Any = N
     try:
         return GGMLType(type_id)
     except ValueError:
-        raise UnsupportedModelError(f"tensor {name} has unknown ggml type id {type_id}", path) from None
+        raise UnsupportedModelError(
+            f"tensor {name} has unknown ggml type id {type_id}; supported: {SUPPORTED_TYPES_TEXT}", path
+        ) from None
 
 
 class _Cursor:

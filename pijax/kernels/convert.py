@@ -58,8 +58,9 @@ def use_kernels(
 
 def _stored(f: GGUFFile, name: str, transpose: bool = False) -> jax.Array:
     """A tensor as a jax array in its stored float dtype (f32/f16/bf16; other types dequantized to f32)."""
-    raw = f.raw(name)
-    arr = raw if raw.dtype in (np.float32, np.float16) else f.array(name, np.float32)
+    stored = f.raw(name).dtype
+    # A copy (f.array), not a view of the memory map: it also drops the file's pages from the resident set.
+    arr = f.array(name, stored if stored in (np.float32, np.float16) else np.float32)
     if transpose:
         arr = np.ascontiguousarray(arr.T)
     return jnp.asarray(arr)

@@ -9,6 +9,12 @@ anything else the process allocated on the device.
 The budget is the total over the accelerators, as in `pijax.index.plan_budget`; a device's share is
 budget / n_accel. `ResidentReport.check()` raises BudgetError when either the total or one device's bytes exceed
 them: the planner decided the capacity, this is the measurement that holds it to its word.
+
+Compute buffers, estimate against measurement (`with_compute`): the plan reserves XLA's temporaries of the dense
+decode step and prefill times a margin (pijax.index.compute_buffers); the measurement is the temporaries of the
+programs the engine really compiled (`engine_temp_bytes`: `memory_analysis()` of each, on every backend, CPU
+included) and, where the device reports it, the allocator's peak bytes in use. A measured peak of resident bytes
+plus temporaries over the budget is a violation like any other.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax
 import numpy as np
 
 from pijax.errors import BudgetError
+from pijax.index.compute_buffers import temp_bytes
 
 HOST_KINDS = ("pinned_host", "unpinned_host")
 
@@ -52,6 +59,17 @@ def device_bytes(tree: Any, devices: Iterable[Any] | None = None) -> dict[Any, i
     return out
 
 
+def engine_temp_bytes(engine: Any) -> int | None:
+    """The largest XLA temporaries among the programs `engine` compiled (`compiled_programs()`, or a dense
+    Engine's compile cache); None when the engine exposes none or the backend reports no memory analysis."""
+    programs = engine.compiled_programs() if hasattr(engine, "compiled_programs") else None
+    if programs is None:
+        programs = list(getattr(engine, "_compiled", {}).values())
+    sizes = [temp_bytes(compiled) for compiled in programs]
+    sizes = [n for n in sizes if n is not None]
+    return max(sizes) if sizes else None
+
+
 def bytes_in_use(device: Any) -> int | None:
     """The device allocator's bytes in use, or None where the backend reports no memory stats (CPU)."""
     try:
@@ -73,6 +91,13 @@ class ResidentReport:
     budget_bytes: int | None
     n_accel: int = 0  # accelerators the budget is spread over (all processes'); 0: those in per_device
     host_by_part: dict[str, int] = dataclasses.field(default_factory=dict)
+    compute_planned: int | None = None  # bytes the budget plan reserved for temporaries (all accelerators)
+    compute_how: str = ""  # how the plan found them, e.g. "xla x1.25"
+    compute_measured: int | None = None  # largest temporaries of the engine's compiled programs (one device)
+
+    def with_compute(self, planned: int, how: str, measured: int | None) -> ResidentReport:
+        """This report with the plan's compute reservation and the measured temporaries beside it."""
+        return dataclasses.replace(self, compute_planned=planned, compute_how=how, compute_measured=measured)
 
     @property
     def total(self) -> int:
@@ -98,6 +123,13 @@ class ResidentReport:
         for dev, n in self.per_device.items():
             if share is not None and n > share:
                 out.append(f"{dev} holds {n:,d} bytes, over its share {share:,d} of the budget")
+        if self.compute_measured is not None:
+            peak = self.total + self.compute_measured * len(self.per_device)
+            if peak > self.budget_bytes:
+                out.append(
+                    f"{self.total:,d} resident bytes plus {self.compute_measured:,d} bytes of compiled temporaries per "
+                    f"device exceed the budget of {self.budget_bytes:,d}"
+                )
         return out
 
     def check(self) -> ResidentReport:
@@ -116,6 +148,10 @@ class ResidentReport:
             rows.append(f"  {dev:<20} {n:>14,d}{extra}")
         if self.budget_bytes is not None:
             rows.append(f"{'budget':<22} {self.budget_bytes:>14,d}   ({'fits' if self.fits else 'OVER BUDGET'})")
+        if self.compute_planned is not None:
+            measured = "not reported by this engine" if self.compute_measured is None else f"{self.compute_measured:,d}"
+            rows.append(f"{'compute (planned)':<22} {self.compute_planned:>14,d}   ({self.compute_how})")
+            rows.append(f"{'compute (compiled)':<22} {measured:>14}   (XLA temporaries of the engine's programs)")
         host = ", ".join(f"{name} {n:,d}" for name, n in self.host_by_part.items() if n)
         rows.append(f"{'host':<22} {self.host_bytes:>14,d}   ({host})")
         return "\n".join(rows)

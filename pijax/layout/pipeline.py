@@ -26,7 +26,7 @@ from pijax.index import BudgetPlan, GpuIndex, IndexConfig, get_or_build_index, h
 from pijax.layout.capacity import Capacities, calibrate_capacities
 from pijax.layout.config import HardwareConfig
 from pijax.layout.devices import Placement, setup_devices
-from pijax.layout.memory import ResidentReport
+from pijax.layout.memory import ResidentReport, engine_temp_bytes
 from pijax.model.hybrid import HybridEngine, build_hybrid
 from pijax.model.hybrid_ffn import HotMode, MaskSource
 
@@ -164,7 +164,8 @@ def prepare_hybrid(
         cold_capacities=None if caps is None else caps.cold,
     )
     engine = HybridEngine(hybrid, n_ctx=n_ctx)
-    report = engine.resident_report(plan.budget_bytes).check()
+    report = engine.resident_report(plan.budget_bytes)
+    report = report.with_compute(plan.compute_buffer_bytes, plan.compute_source, engine_temp_bytes(engine)).check()
     counts = np.asarray(getattr(stats, "counts", stats), np.float64)
     share = float(np.nansum(hot_share(index.buckets, counts) * counts.sum(1)) / max(counts.sum(), 1.0))
     return HybridSetup(engine, placement, plan, index, path, reason, caps, report, share)

@@ -1,4 +1,7 @@
-"""Trained activation predictors: pair collection, training with an adaptive rank, metrics, and their GGUF file.
+"""Trained activation predictors: training with an adaptive rank, threshold folding, evaluation on text.
+
+Pairs and metrics live in pijax.sparsity.predictor_data, the file and its identity checks in
+pijax.sparsity.predictor_files.
 
 Pipeline: `collect_pairs` runs the dense model over training windows (through `profile`'s `on_batch` hook) and
 keeps, per layer, the FFN input x (residual stream before the FFN norm, [N, D]) and the active mask y ([N, F]:
@@ -25,13 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,191 +38,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from pijax.errors import ConfigError, DataError, TensorError
-from pijax.io.checkpoint import load_checkpoint, save_checkpoint, tokenizer_metadata
-from pijax.io.gguf import read_gguf
-from pijax.io.weights import LlamaWeights, PredictorWeights
+from pijax.errors import DataError
+from pijax.io.weights import PredictorWeights
 from pijax.sparsity.predictor_config import PredictorTrainConfig
-
-KEY_PREFIX = "pijax.predictor."
-FINGERPRINT_KEY = KEY_PREFIX + "model_fingerprint"
-
-
-# ---------------------------------------------------------------- pairs
-
-
-@dataclasses.dataclass
-class PairSet:
-    """Training pairs per layer: x [L, N, D] float32 (FFN input) and y [L, N, F] bool (neuron active)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __post_init__(self) -> None:
-        if self.x.ndim != 3 or self.y.ndim != 3 or self.x.shape[:2] != self.y.shape[:2]:
-            raise DataError(f"pairs need x [L, N, D] and y [L, N, F], got {self.x.shape} and {self.y.shape}")
-
-    @property
-    def n_layer(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.x.shape[1])
-
-
-def active_mask(act: np.ndarray, mode: str = "relu", threshold: float | None = None) -> np.ndarray:
-    """The profiler's notion of an active neuron: act != 0 (relu mode) or |act| > threshold (threshold mode)."""
-    if mode == "relu":
-        return act != 0
-    if threshold is None:
-        raise ConfigError("threshold mode needs the layer's threshold")
-    return np.abs(act) > threshold
-
-
-class PairCollector:
-    """`profile`'s on_batch hook: keeps (ffn_in, active) per layer, up to `max_tokens` tokens."""
-
-    def __init__(
-        self,
-        n_layer: int,
-        *,
-        mode: str = "relu",
-        thresholds: Sequence[float] | None = None,
-        max_tokens: int | None = None,
-    ):
-        self.mode = mode
-        self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
-        self.max_tokens = max_tokens
-        self.n_layer = n_layer
-        self._x: list[list[np.ndarray]] = [[] for _ in range(n_layer)]
-        self._y: list[list[np.ndarray]] = [[] for _ in range(n_layer)]
-        self.n_tokens = 0
-
-    def __call__(self, tokens_bt: np.ndarray, records: list[dict[str, np.ndarray]]) -> None:
-        take = tokens_bt.size
-        if self.max_tokens is not None:
-            take = min(take, self.max_tokens - self.n_tokens)
-        if take <= 0:
-            return
-        for i, r in enumerate(records):
-            x = r["ffn_in"].reshape(-1, r["ffn_in"].shape[-1])[:take]
-            act = r["act"].reshape(-1, r["act"].shape[-1])[:take]
-            thr = None if self.thresholds is None else self.thresholds[i]
-            self._x[i].append(np.asarray(x, np.float32))
-            self._y[i].append(active_mask(act, self.mode, thr))
-        self.n_tokens += take
-
-    def pairs(self) -> PairSet:
-        if self.n_tokens == 0:
-            raise DataError("no (input, active-mask) pairs were collected")
-        return PairSet(np.stack([np.concatenate(v) for v in self._x]), np.stack([np.concatenate(v) for v in self._y]))
-
-
-def collect_pairs(
-    model: Any,
-    windows: np.ndarray,
-    *,
-    mode: str = "relu",
-    thresholds: Sequence[float] | None = None,
-    max_tokens: int | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    progress: bool = True,
-    corpus_sha256: str = "",
-) -> tuple[PairSet, Any]:
-    """(pairs, ActivationStats) from the dense model over windows drawn at random (seeded) up to `max_tokens`."""
-    from pijax.sparsity.profile import check_windows, profile
-
-    windows = check_windows(windows)
-    order = np.random.default_rng(seed).permutation(len(windows))
-    if max_tokens is not None:
-        order = order[: max(1, math.ceil(max_tokens / windows.shape[1]))]
-    llama = getattr(model, "module", model)
-    collector = PairCollector(llama.cfg.n_layer, mode=mode, thresholds=thresholds, max_tokens=max_tokens)
-    stats = profile(
-        model,
-        windows[np.sort(order)],
-        mode=mode,
-        thresholds=thresholds,
-        batch_size=batch_size,
-        on_batch=collector,
-        progress=progress,
-        corpus_sha256=corpus_sha256,
-    )
-    return collector.pairs(), stats
-
-
-# ---------------------------------------------------------------- metrics
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictorMetrics:
-    """Micro-averaged over (token, neuron) pairs of one layer."""
-
-    tp: int
-    fp: int
-    fn: int
-    tn: int
-
-    @property
-    def recall(self) -> float:
-        return self.tp / max(self.tp + self.fn, 1)
-
-    @property
-    def precision(self) -> float:
-        return self.tp / max(self.tp + self.fp, 1)
-
-    @property
-    def predicted_sparsity(self) -> float:
-        return 1.0 - (self.tp + self.fp) / max(self.total, 1)
-
-    @property
-    def true_sparsity(self) -> float:
-        return 1.0 - (self.tp + self.fn) / max(self.total, 1)
-
-    @property
-    def total(self) -> int:
-        return self.tp + self.fp + self.fn + self.tn
-
-    def __add__(self, other: PredictorMetrics) -> PredictorMetrics:
-        return PredictorMetrics(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
-
-    @classmethod
-    def of(cls, predicted: np.ndarray, active: np.ndarray) -> PredictorMetrics:
-        predicted, active = np.asarray(predicted, bool), np.asarray(active, bool)
-        tp = int(np.count_nonzero(predicted & active))
-        n_pred, n_act = int(np.count_nonzero(predicted)), int(np.count_nonzero(active))
-        return cls(tp, n_pred - tp, n_act - tp, predicted.size - n_pred - n_act + tp)
-
-    def row(self) -> dict[str, float]:
-        return {
-            "recall": self.recall,
-            "precision": self.precision,
-            "predicted_sparsity": self.predicted_sparsity,
-            "true_sparsity": self.true_sparsity,
-        }
-
-
-def predictor_logits(weights: PredictorWeights, x_nd: np.ndarray | jax.Array) -> jax.Array:
-    """fc2 relu(fc1 x): [N, F]."""
-    return _logits({"fc1": jnp.asarray(weights.fc1), "fc2": jnp.asarray(weights.fc2)}, jnp.asarray(x_nd))
-
-
-@jax.jit
-def _logits(p: dict[str, jax.Array], x_nd: jax.Array) -> jax.Array:
-    h = jax.nn.relu(jnp.einsum("nd,rd->nr", x_nd, p["fc1"]))
-    return jnp.einsum("nr,fr->nf", h, p["fc2"])
-
-
-def recall_threshold(logits: np.ndarray, active: np.ndarray, recall: float) -> float:
-    """The largest t for which `logits >= t` keeps at least `recall` of the active entries."""
-    pos = np.sort(np.asarray(logits)[np.asarray(active, bool)])
-    if pos.size == 0:
-        return float("inf")
-    k = min(math.floor((1.0 - recall) * pos.size), pos.size - 1)
-    return float(pos[k])
-
+from pijax.sparsity.predictor_data import PairSet, PredictorMetrics, active_mask, jit_logits, recall_threshold
 
 # ---------------------------------------------------------------- training
 
@@ -264,7 +82,7 @@ def _epoch(p, opt_state, x, y, key, neg_weight, *, lr: float, weight_decay: floa
 
     def loss_fn(p, xb, yb):
         w = jnp.where(yb, 1.0, neg_weight)
-        return (w * optax.sigmoid_binary_cross_entropy(_logits(p, xb), yb.astype(jnp.float32))).mean()
+        return (w * optax.sigmoid_binary_cross_entropy(jit_logits(p, xb), yb.astype(jnp.float32))).mean()
 
     n_batch = x.shape[0] // batch_size
     idx = jax.random.permutation(key, x.shape[0])[: n_batch * batch_size].reshape(n_batch, batch_size)
@@ -319,7 +137,7 @@ def fit_rank(
             params, opt_state, x_tr, y_tr, k_ep, neg_weight, lr=cfg.lr, weight_decay=cfg.weight_decay,
             batch_size=cfg.batch_size,
         )  # fmt: skip
-        logits = np.asarray(_logits(params, x_va))
+        logits = np.asarray(jit_logits(params, x_va))
         t = recall_threshold(logits, y_va, cfg.recall_goal) if cfg.calibrate_threshold else cfg.threshold
         m = PredictorMetrics.of(logits >= t, y_va)
         if cfg.calibrate_threshold:
@@ -437,7 +255,7 @@ def predicted_counts(
     for i, w in enumerate(predictors):
         p = {"fc1": jnp.asarray(w.fc1), "fc2": jnp.asarray(w.fc2)}
         for s in range(0, pairs.n_tokens, chunk):
-            out[s : s + chunk, i] = np.asarray((_logits(p, jnp.asarray(pairs.x[i, s : s + chunk])) >= ts[i]).sum(-1))
+            out[s : s + chunk, i] = np.asarray((jit_logits(p, jnp.asarray(pairs.x[i, s : s + chunk])) >= ts[i]).sum(-1))
     return out
 
 
@@ -470,7 +288,7 @@ def evaluate_predictors(
         for i, r in enumerate(records):
             x = r["ffn_in"].reshape(-1, r["ffn_in"].shape[-1])
             act = r["act"].reshape(-1, r["act"].shape[-1])
-            pred = np.asarray(_logits(params[i], jnp.asarray(x))) >= ts[i]
+            pred = np.asarray(jit_logits(params[i], jnp.asarray(x))) >= ts[i]
             active = active_mask(act, mode, None if act_thresholds is None else act_thresholds[i])
             metrics[i] = metrics[i] + PredictorMetrics.of(pred, active)
             per_layer.append(pred.sum(-1))
@@ -481,127 +299,3 @@ def evaluate_predictors(
         progress=progress,
     )  # fmt: skip
     return metrics, np.concatenate(counts).astype(np.int32)
-
-
-# ---------------------------------------------------------------- identity and files
-
-
-def weights_fingerprint(weights: LlamaWeights, samples: int = 4096) -> str:
-    """A model identity that ignores file layout: shapes plus evenly strided samples of every model array
-    (down projection as down_t rows, predictors excluded)."""
-    h = hashlib.sha256()
-
-    def add(name: str, a: np.ndarray | None) -> None:
-        if a is None:
-            h.update(f"{name}:none|".encode())
-            return
-        flat = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
-        step = max(1, flat.size // samples)
-        h.update(f"{name}:{a.shape}|".encode())
-        h.update(flat[::step].tobytes())
-
-    add("token_embd", weights.token_embd)
-    add("output_norm", weights.output_norm)
-    add("output", weights.output)
-    for i, lw in enumerate(weights.layers):
-        for f in dataclasses.fields(lw):
-            add(f"{i}.{f.name}", getattr(lw, f.name))
-    return "w1:" + h.hexdigest()[:32]
-
-
-def save_predictor_model(
-    path: str | os.PathLike[str], checkpoint: Any, trained: TrainedPredictors, *, extra: dict[str, Any] | None = None
-) -> Path:
-    """The model of `checkpoint` plus the trained predictors as a PowerInfer-style GGUF (PWRI, ffn_down_t, fc1/fc2,
-    one global `powerinfer.sparse_threshold`), with pijax keys recording where the predictors came from."""
-    path = Path(path)
-    n_layer = checkpoint.config.n_layer
-    if len(trained.weights) != n_layer:
-        raise DataError(f"{len(trained.weights)} predictors for a model with {n_layer} layers", path)
-    folded, g = trained.folded()
-    weights = dataclasses.replace(checkpoint.weights, predictors=folded, sparse_threshold=g)
-    md: dict[str, Any] = {
-        FINGERPRINT_KEY: trained.model_fingerprint or weights_fingerprint(checkpoint.weights),
-        KEY_PREFIX + "source_fingerprint": checkpoint.fingerprint,
-        KEY_PREFIX + "corpus_sha256": trained.corpus_sha256,
-        KEY_PREFIX + "n_tokens": int(trained.n_tokens),
-        KEY_PREFIX + "layer_thresholds": np.asarray(trained.thresholds, np.float32),
-        KEY_PREFIX + "ranks": np.asarray([w.rank for w in trained.weights], np.int32),
-    }
-    if trained.capacities is not None:
-        md[KEY_PREFIX + "capacities"] = np.asarray(trained.capacities, np.int32)
-    if trained.config is not None:
-        md[KEY_PREFIX + "train_config"] = json.dumps(dataclasses.asdict(trained.config), sort_keys=True)
-    md |= extra or {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(
-        path, checkpoint.config, weights, tokenizer_metadata(checkpoint.gguf), extra_metadata=md, powerinfer=True
-    )
-
-
-@dataclasses.dataclass
-class PredictorSet:
-    """Predictors as stored in a file: what `sparsify(mode="predictor")` needs, and where they came from."""
-
-    path: Path
-    weights: list[PredictorWeights]
-    threshold: float  # the global one (per-layer thresholds are folded into fc2)
-    capacities: list[int] | None
-    model_fingerprint: str | None
-
-    def apply(self, model: Any, *, capacities: Sequence[int] | Literal["file"] | None = "file") -> None:
-        """Swap the model's FFNs for predictor-gated sparse FFNs (capacities from the file by default)."""
-        from pijax.model.sparse_ffn import sparsify
-
-        caps = self.capacities if capacities == "file" else capacities
-        sparsify(model, mode="predictor", capacities=caps, predictors=self.weights, pred_threshold=self.threshold)
-
-
-def _predictor_layers(f: Any) -> int:
-    n = 0
-    while f"blk.{n}.fc1.weight" in f.tensors:
-        n += 1
-    return n
-
-
-def load_predictors(path: str | os.PathLike[str], model: Any = None) -> PredictorSet:
-    """Read the predictors of a PowerInfer-style GGUF; with `model` (a Model) check they were made for it.
-
-    Raises a PijaxError naming the file when it has no predictors, their layer count or shapes do not fit the
-    model, or the recorded model fingerprint is another model's."""
-    path = Path(path)
-    f = read_gguf(path)
-    n_pred = _predictor_layers(f)
-    if n_pred == 0:
-        raise TensorError("file has no predictors (no blk.0.fc1.weight)", path)
-    if model is not None:
-        cfg = model.config
-        if n_pred != cfg.n_layer:
-            raise DataError(f"file has predictors for {n_pred} layers, the model has {cfg.n_layer}", path)
-        fc1, fc2 = f.tensors["blk.0.fc1.weight"].shape, f.tensors["blk.0.fc2.weight"].shape
-        if fc1[1] != cfg.n_embd or fc2[0] != cfg.n_ff:
-            raise DataError(
-                f"predictors are shaped for n_embd {fc1[1]}, n_ff {fc2[0]}; the model has n_embd {cfg.n_embd}, "
-                f"n_ff {cfg.n_ff}",
-                path,
-            )
-        stored = f.metadata.get(FINGERPRINT_KEY)
-        if stored is not None:
-            mine = weights_fingerprint(model.checkpoint.weights)
-            if stored != mine:
-                raise DataError(
-                    f"predictors were trained for another model (fingerprint {stored}, this model {mine})", path
-                )
-    ckpt = load_checkpoint(path)
-    if ckpt.weights.predictors is None or len(ckpt.weights.predictors) != n_pred:
-        raise TensorError("predictor tensors are incomplete", path)
-    if n_pred != ckpt.config.n_layer:
-        raise DataError(f"file has predictors for {n_pred} layers, its model has {ckpt.config.n_layer}", path)
-    caps = f.metadata.get(KEY_PREFIX + "capacities")
-    return PredictorSet(
-        path=path,
-        weights=ckpt.weights.predictors,
-        threshold=float(ckpt.weights.sparse_threshold),
-        capacities=None if caps is None else [int(c) for c in np.asarray(caps)],
-        model_fingerprint=f.metadata.get(FINGERPRINT_KEY),
-    )

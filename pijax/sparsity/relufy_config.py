@@ -7,6 +7,7 @@ that made pijax/assets/stories260K_relu.gguf (the search behind them: experiment
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from pijax.config import FfnActivation
@@ -15,7 +16,14 @@ from pijax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class RelufyConfig:
-    """The fine-tuning recipe. `out` is the GGUF to write ("" = `stories260K_relu.gguf` in the run's folder)."""
+    """The fine-tuning recipe. `out` is the GGUF to write ("" = `<teacher stem>_<act>.gguf` in the run's folder).
+
+    The training budget is `max_tokens` (0: `steps` steps of batch_size * seq_len tokens); the LR schedule spans it.
+    With `checkpoint_every` > 0 the run's state is written every that many steps (and when a session stops) into
+    `checkpoint_dir` ("" = `$PIJAX_CACHE/relufy/<run key>`, the key hashing the model, corpus and recipe), and a
+    later run of the same recipe continues from it when `resume` is true. `session_steps` / `max_minutes` (0: no
+    limit) end this invocation early, at a checkpoint, without changing the recipe.
+    """
 
     act: FfnActivation = "relu"
     steps: int = 3000
@@ -42,6 +50,45 @@ class RelufyConfig:
     seed: int = 0
     out: str = ""
     smoke: bool = False  # a tiny run for tests: few steps, few eval windows
+    max_tokens: int = 0  # training budget in tokens (0: steps * batch_size * seq_len)
+    val_windows: int = 0  # validation windows per evaluation (0: all of the validation slice)
+    held_windows: int = 0  # held-out windows measured (0: all); the first ones of the held-out split
+    eval_held: bool = False  # also measure held-out perplexity and sparsity at every evaluation (the curve)
+    checkpoint_every: int = 0  # steps between checkpoints (0: no checkpoints, no resume)
+    checkpoint_dir: str = ""
+    resume: bool = True
+    session_steps: int = 0
+    max_minutes: float = 0.0
+
+    # Fields that do not change what is trained: they may differ between a run and its resumption.
+    SESSION_FIELDS = (
+        "out",
+        "eval_interval",
+        "eval_batch",
+        "val_windows",
+        "held_windows",
+        "eval_held",
+        "checkpoint_every",
+        "checkpoint_dir",
+        "resume",
+        "session_steps",
+        "max_minutes",
+    )
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole budget."""
+        if self.max_tokens > 0:
+            return max(1, math.ceil(self.max_tokens / (self.batch_size * self.seq_len)))
+        return self.steps
+
+    def training_recipe(self) -> dict:
+        """The fields that determine the trained weights (the run key of checkpoints)."""
+        d = dataclasses.asdict(self)
+        d["total_steps"] = self.total_steps
+        for k in (*self.SESSION_FIELDS, "steps", "max_tokens"):
+            d.pop(k)
+        return d
 
     def l1_at(self, step: int) -> float:
         """The L1 weight at `step`: 0 before l1_start, then a linear ramp to l1_weight."""
@@ -58,6 +105,9 @@ class RelufyConfig:
         for name in ("steps", "batch_size", "seq_len", "eval_interval", "eval_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"relufy.{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_tokens", "val_windows", "held_windows", "checkpoint_every", "session_steps", "max_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"relufy.{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ConfigError("relufy.temperature and relufy.lr must be positive")
         if self.kd_weight < 0 or self.lm_weight < 0 or self.l1_weight < 0 or self.kd_weight + self.lm_weight == 0:

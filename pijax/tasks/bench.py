@@ -16,6 +16,6 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
 
     bcfg = cfg.bench.smoke() if cfg.smoke else cfg.bench
     target = out_dir if cfg.smoke else Path(bcfg.out_dir or "experiments/bench")
-    results = run_bench(bcfg, target)
+    results = run_bench(bcfg, target, cfg.hardware)
     best = results.get("pijax_sparse_f32") or results.get("pijax_dense_f32_kernel") or {}
     return float(best.get("decode_tok_s", {}).get("median", 0.0))

@@ -28,7 +28,7 @@ def hybrid_requested(cfg: RunConfig) -> bool:
 def run_hybrid(cfg: RunConfig, out_dir: Path) -> float:
     from pijax.api import load_model
     from pijax.layout.devices import setup_devices
-    from pijax.layout.memory import bytes_in_use
+    from pijax.layout.memory import bytes_in_use, engine_temp_bytes
     from pijax.layout.pipeline import prepare_hybrid
 
     placement = setup_devices(cfg.hardware)  # first: it may still have to create the virtual CPU devices
@@ -54,6 +54,10 @@ def run_hybrid(cfg: RunConfig, out_dir: Path) -> float:
     text = b"".join(model.tokenizer.piece_bytes(i) for i in out.new_ids).decode("utf-8", errors="replace")
     tok_s = out.decode_steps / out.decode_s if out.decode_s > 0 and out.decode_steps else 0.0
     in_use = {str(d): bytes_in_use(d) for d in placement.accelerators}
+    plan = setup.plan  # the report again, now that the engine has compiled: planned against compiled temporaries
+    report = setup.engine.resident_report(plan.budget_bytes)
+    report = report.with_compute(plan.compute_buffer_bytes, plan.compute_source, engine_temp_bytes(setup.engine))
+    print(report.summary())
     print(g.prompt + text)
     print(
         f"\n[{model.config.name or 'model'} hybrid, {source}] prompt {len(ids)} tokens, decode {len(out.new_ids)} "
@@ -68,6 +72,8 @@ def run_hybrid(cfg: RunConfig, out_dir: Path) -> float:
         "budget_bytes": setup.plan.budget_bytes,
         "resident_bytes": setup.report.total,
         "resident_per_device": setup.report.per_device,
+        "compute_planned_bytes": report.compute_planned,
+        "compute_compiled_bytes": report.compute_measured,
         "bytes_in_use_after": in_use,
         "hot_neurons": setup.engine.hybrid.n_hot,
         "hot_share": setup.hot_share,

@@ -2,12 +2,13 @@
 
     python -m pijax.run +experiment=gpuidx [index=neuron_greedy] [budget=ffn:30% | budget=12MB] [model.path=...]
 
-Profiles the model's activations on the corpus' train split (sparsity.max_tokens tokens, default 16384), plans the
-budget (pijax.index.plan_budget; relative budgets "ffn:X%" as in task=sweep), then `get_or_build_index` loads a
-valid index or rebuilds it (the log says why). The budget is checked before the profiling starts. The index lives
-next to a model given by model.path, as PowerInfer's does (in the per-user gpuidx cache when that folder is not
-writable, as for task=generate); for the shipped default model (and under smoke=true) it goes into the run folder,
-so the installed package is never written to. Prints the budget plan and the per-layer table; writes gpuidx_layers.csv
+Loads the model (pijax.api.load_model; by default the shipped ReLU-fied stories260K), then
+pijax.index.for_model.index_for_model profiles its activations on the corpus' train split (sparsity.max_tokens
+tokens, default 16384), plans the budget ("ffn:X%" or bytes, as every task) and loads a valid index or rebuilds it
+(the log says why); the budget is checked before the profiling starts. The index lives next to a model
+given by model.path, as PowerInfer's does (in the per-user gpuidx cache when that folder is not writable, as for
+task=generate); for the shipped default model (and under smoke=true) it goes into the run folder, so the
+installed package is never written to. Prints the budget plan and the per-layer table; writes gpuidx_layers.csv
 and gpuidx_map.png (hot neurons per layer, ordered by activation count) into the run folder.
 """
 
@@ -19,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pijax.bench.session import load_bench_model, model_path, text_windows
-from pijax.bench.throughput import resolve_budget
+from pijax.paths import default_relu_model
 from pijax.results import write_results_csv
 from pijax.run_config import RunConfig
 
@@ -68,39 +68,31 @@ def index_rows(buckets: list[np.ndarray], counts: np.ndarray, n_ff: int) -> list
 
 
 def run(cfg: RunConfig, out_dir: Path) -> float:
-    import jax
-
-    from pijax.index import format_index_table, get_or_build_index, plan_budget
-    from pijax.sparsity.profile import profile
+    from pijax.api import load_model
+    from pijax.corpus import split_windows
+    from pijax.index import format_index_table
+    from pijax.index.for_model import index_for_model
     from pijax.tracking import make_tracker
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = model_path(cfg.model.path, "")
-    bm = load_bench_model(path, cfg.model.ffn_act, jax.devices()[0])
-    model, mcfg = bm.model, bm.model.config
-    preds = model.checkpoint.weights.predictors
-    kw: dict[str, Any] = {
-        "weight_dtype": np.dtype(model.module.dtype).name,
-        "predictor_ranks": [p.rank for p in preds] if preds else None,
-        "rounding": "powerinfer" if cfg.index.powerinfer_compat else "exact",
-    }
-    budget = resolve_budget(cfg.budget, mcfg, **kw)
-    plan = plan_budget(mcfg, budget, allow_all_cold=cfg.index.allow_all_cold, **kw)  # before the profiling work
+    path = cfg.model.resolved_path() if cfg.model.path else default_relu_model()
+    model = load_model(path, ffn_act=cfg.model.ffn_act)
+    mcfg = model.config
+    name = str(model.checkpoint.metadata.get("general.name") or path.stem)
     tokens = SMOKE_TOKENS if cfg.smoke else (cfg.sparsity.max_tokens or 16384)
-    stats = profile(model, text_windows(model, cfg.corpus, "train", 128, tokens), mode="relu")
     index_cfg = cfg.index
     # a model folder that is not writable: get_or_build_index falls back to the per-user cache, as task=generate
     if not index_cfg.path and (cfg.smoke or not cfg.model.path):
         index_cfg = dataclasses.replace(index_cfg, path=str(out_dir / f"{path.name}.generated.gpuidx"))
-    index, where, reason = get_or_build_index(
-        model.checkpoint.gguf, mcfg, stats, plan, index_cfg, predictor_ranks=kw["predictor_ranks"]
-    )
+    windows = split_windows(model.tokenizer, cfg.corpus or None, "train", 128, tokens)
+    mi = index_for_model(model, cfg.budget, index_cfg, windows)
+    plan, stats, index = mi.plan, mi.stats, mi.index
     print(plan.summary())
     if index is None:
-        print(f"\ngpuidx {reason}: no FFN split")
+        print(f"\ngpuidx {mi.reason}: no FFN split")
         return 0.0
-    print(f"\ngpuidx {where}: {reason}\npolicy {cfg.index.policy}, budget {cfg.budget} = {plan.budget_bytes:,d} B")
+    print(f"\ngpuidx {mi.path}: {mi.reason}\npolicy {cfg.index.policy}, budget {cfg.budget} = {plan.budget_bytes:,d} B")
     print(format_index_table(index, stats))
     rows = index_rows(index.buckets, stats.counts, mcfg.n_ff)
     csv_path = out_dir / "gpuidx_layers.csv"
@@ -111,10 +103,10 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
         index.buckets,
         stats.counts,
         out_dir / "gpuidx_map.png",
-        title=f"{bm.name}: {cfg.index.policy} at {cfg.budget or 'ffn:100%'} ({index.total_hot:,d} hot neurons)",
+        title=f"{name}: {cfg.index.policy} at {cfg.budget or 'ffn:100%'} ({index.total_hot:,d} hot neurons)",
     )
-    share = float(sum(stats.counts[i, b].sum() for i, b in enumerate(index.buckets)) / max(stats.counts.sum(), 1))
-    with make_tracker(cfg.logger, out_dir, f"gpuidx-{bm.name}-{cfg.index.policy}", dataclasses.asdict(cfg)) as tr:
+    share = mi.activation_share()
+    with make_tracker(cfg.logger, out_dir, f"gpuidx-{name}-{cfg.index.policy}", dataclasses.asdict(cfg)) as tr:
         tr.log_table("gpuidx_layers", list(rows[0]), [list(r.values()) for r in rows])
         tr.log_metrics({"hot_neurons": index.total_hot, "activation_share": share, "budget_bytes": plan.budget_bytes})
         tr.log_image("gpuidx_map", png)

@@ -42,7 +42,8 @@ from pijax.bench.simulate import (
     simulate_seconds,
 )
 from pijax.bench.simulate import transfer_bytes as sim_transfer_bytes
-from pijax.bench.throughput import resolve_budget, stepped_logits_fn, time_generation
+from pijax.bench.throughput import stepped_logits_fn, time_generation
+from pijax.index.budget import resolve_budget
 from pijax.results import format_table, plot_lines, read_results_csv, write_results_csv
 from pijax.run_config import RunConfig
 
@@ -111,7 +112,8 @@ def _dense_logits_fn(bm: BenchModel, host: Any) -> Any:
 def _predictor_metrics(bm: BenchModel, windows: np.ndarray, host: Any) -> tuple[float, float] | None:
     if not bm.has_predictors:
         return None
-    from pijax.sparsity.predictors import PredictorMetrics, evaluate_predictors
+    from pijax.sparsity.predictor_data import PredictorMetrics
+    from pijax.sparsity.predictors import evaluate_predictors
 
     def make() -> tuple[float, float]:
         w = bm.model.checkpoint.weights

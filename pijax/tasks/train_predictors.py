@@ -26,16 +26,9 @@ from pijax.paths import ASSETS
 from pijax.results import format_table, write_results_csv
 from pijax.run_config import RunConfig
 from pijax.sparsity.predictor_config import PredictorTrainConfig
-from pijax.sparsity.predictors import (
-    PredictorMetrics,
-    TrainedPredictors,
-    collect_pairs,
-    evaluate_predictors,
-    predicted_counts,
-    save_predictor_model,
-    train_predictors,
-    weights_fingerprint,
-)
+from pijax.sparsity.predictor_data import PredictorMetrics, collect_pairs
+from pijax.sparsity.predictor_files import save_predictor_model, weights_fingerprint
+from pijax.sparsity.predictors import TrainedPredictors, evaluate_predictors, predicted_counts, train_predictors
 from pijax.tracking import make_tracker
 
 RELU_MODEL = ASSETS / "stories260K_relu.gguf"

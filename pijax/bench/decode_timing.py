@@ -1,0 +1,180 @@
+"""Timing for the decode benchmarks: tok/s of an engine over repeats (median, min, max), the share of the bandwidth
+bound each repeat reached, and a per-component profile of one decode step.
+
+Repeats run until enough of them saw little foreign CPU (pijax.bench.contention), so a busy machine shows in the
+result (`contended`) rather than in silently lower figures.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from pijax.bench.contention import Contention, clean_mask, enough, is_clean
+from pijax.bench.dense_decode import BandwidthProbe
+from pijax.kernels.fast_ffn import KernelFFN
+from pijax.model.generate import Engine, SamplingConfig
+from pijax.model.llama import Llama
+
+GREEDY = SamplingConfig()
+
+
+def spread(xs: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and count of `xs`."""
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def measure_pijax(
+    llama: Llama, prompt: Sequence[int], n_new: int, repeats: int, probe: BandwidthProbe | None, label: str
+) -> dict[str, Any]:
+    """Prefill and decode tok/s of the Engine over `llama` (see `measure_engine`)."""
+    return measure_engine(Engine(llama), prompt, n_new, repeats, probe, label)
+
+
+def measure_engine(
+    engine: Any, prompt: Sequence[int], n_new: int, repeats: int, probe: BandwidthProbe | None, label: str
+) -> dict[str, Any]:
+    """Prefill and decode tok/s of `engine` (anything with the Engine's `generate` and `cache_size`): one warm-up,
+    then timed generations until `repeats` of them ran with little foreign CPU (see `pijax.bench.contention`; at
+    most 3 x repeats tries, after which every try counts and the result says `contended`). The read bandwidth is
+    measured right before each."""
+    out = engine.generate(prompt, n_new, GREEDY)  # compile, page everything in
+    pre, dec, bw, foreign, ids = [], [], [], [], out.new_ids
+    bar = tqdm(total=repeats, desc=label, leave=False)
+    while not enough(foreign, repeats):
+        if probe is not None:
+            bw.append(probe.measure(3))
+        with Contention() as c:
+            out = engine.generate(prompt, n_new, GREEDY)
+        foreign.append(c.foreign_cores)
+        pre.append(len(prompt) / out.prefill_s)
+        dec.append(out.decode_steps / out.decode_s)
+        bar.update(1)
+    bar.close()
+    gc.collect()
+    keep = clean_mask(foreign, repeats)
+    kept = [i for i, k in enumerate(keep) if k]
+    res: dict[str, Any] = {"label": label, "contended": not all(is_clean(foreign[i]) for i in kept)}
+    res["decode_runs"] = [dec[i] for i in kept]
+    res["prefill_runs"] = [pre[i] for i in kept]
+    res["decode_tok_s"], res["prefill_tok_s"] = spread(res["decode_runs"]), spread(res["prefill_runs"])
+    res["all_decode_runs"], res["foreign_cores"], res["new_ids"] = dec, foreign, [int(i) for i in ids]
+    if bw:
+        res["bandwidth_runs"] = [bw[i] for i in kept]
+        res["bandwidth_GBps"] = spread([b / 1e9 for b in res["bandwidth_runs"]])
+    res["n_cache"] = engine.cache_size(len(prompt), n_new)
+    return res
+
+
+def with_bound(res: dict[str, Any], bytes_: dict[str, int]) -> dict[str, Any]:
+    """Add the share of the bandwidth bound each repeat reached (tok/s x bytes / bandwidth of that repeat)."""
+    res |= bytes_
+    if "bandwidth_runs" in res:
+        for key in ("bound_bytes", "touched_bytes"):
+            shares = [t * bytes_[key] / b for t, b in zip(res["decode_runs"], res["bandwidth_runs"], strict=True)]
+            res[f"share_of_{key.removesuffix('_bytes')}_bound"] = spread(shares)
+        res["bound_tok_s"] = res["bandwidth_GBps"]["median"] * 1e9 / bytes_["bound_bytes"]
+    return res
+
+
+def time_fn(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> dict[str, float]:
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t)
+    return spread(ts)
+
+
+def profile_step(llama: Llama, prompt: Sequence[int], n_cache: int, repeats: int = 10) -> dict[str, float]:
+    """Median ms per decode step spent in each part, and the whole step.
+
+    The parts are timed as separate jitted calls in one pass over all layers (so every layer's weights come
+    from memory, as in a step), for the token after `prompt` with the prompt's KV cache: attention (norm,
+    q/k/v/o, cache write, scores), the predictor, the FFN rows (norm + kernel), the output norm + head + argmax. "step minus parts" is what a whole jitted step spends outside them (or saves by
+    overlapping them): small ops, dispatch and synchronisation."""
+    from pijax.kernels.ops import sparse_ffn
+    from pijax.model.layers import rope_angles
+
+    cfg = llama.cfg
+    gd = nnx.split(llama.layers[0])[0]
+    states = [nnx.split(b)[1] for b in llama.layers]
+    engine = Engine(llama)
+    key = jax.random.key(0)
+    tok, _, caches = engine.prefill(prompt, n_cache, GREEDY, key)
+    pos = len(prompt)
+    cos, sin = rope_angles(jnp.full((1, 1), pos), cfg.rope_dim, cfg.rope_base)
+    sparse = isinstance(llama.layers[0].ffn, KernelFFN) and llama.layers[0].ffn.sparse
+
+    def rows_fn(s: Any, h: jax.Array, logits: jax.Array) -> jax.Array:
+        b = nnx.merge(gd, s)
+        f = b.ffn
+        w_gate = None if f.w_gate_fd is None else f.w_gate_fd[...]
+        hn = b.ffn_norm(h)[0]
+        y, _ = sparse_ffn(
+            hn,
+            logits[0],
+            f.w_up_fd[...],
+            w_gate,
+            f.w_down_fd[...],
+            kind=f.kind,
+            threshold=f.threshold,
+            capacity=f.capacity,
+            skip_inactive=f.skip_inactive,
+        )
+        return y[None]
+
+    attn = jax.jit(lambda s, x, c: nnx.merge(gd, s).attend(x, cos, sin, c, pos)[0])
+    pred = jax.jit(lambda s, h: nnx.merge(gd, s).ffn.predictor_logits(h))
+    rows = jax.jit(rows_fn)
+    ffn = jax.jit(lambda s, h: nnx.merge(gd, s).ffn(nnx.merge(gd, s).ffn_norm(h), h))
+    gdl, stl = nnx.split(llama)
+    head = jax.jit(lambda s, h: jnp.argmax(nnx.merge(gdl, s).head(nnx.merge(gdl, s).output_norm(h)), -1))
+    x0 = llama.embed(tok[:, None])
+    names = ["attention", "predictor", "ffn rows", "head"] if sparse else ["attention", "ffn", "head"]
+    runs: dict[str, list[float]] = {n: [] for n in names}
+
+    def timed(acc: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        acc[name] = acc.get(name, 0.0) + time.perf_counter() - t
+        return out
+
+    for r in range(repeats + 2):
+        acc: dict[str, float] = {}
+        x = x0
+        for st, cache in zip(states, caches, strict=True):
+            h = timed(acc, "attention", attn, st, x, cache)
+            if sparse:
+                lg = timed(acc, "predictor", pred, st, h)
+                y = timed(acc, "ffn rows", rows, st, h, lg)
+            else:
+                y = timed(acc, "ffn", ffn, st, h)
+            x = h + y
+        timed(acc, "head", head, stl, x)
+        if r >= 2:  # two warm-up passes (compilation, page-in)
+            for n in names:
+                runs[n].append(acc[n])
+    out = {f"{n} ms": 1e3 * statistics.median(v) for n, v in runs.items()}
+    step = engine._warm(np.asarray(prompt, np.int32), n_cache, GREEDY, key)
+    state = {"cache": jax.tree.map(jnp.copy, caches), "tok": tok}
+    p = jnp.asarray(pos, jnp.int32)
+
+    def one() -> Any:  # the same position every time: the step's cost does not depend on the token
+        out, _, state["cache"], _ = step(engine.leaves, state["cache"], state["tok"], p, key)
+        return out
+
+    out["whole decode step ms"] = 1e3 * time_fn(one, repeats)["median"]
+    out["step minus parts ms"] = out["whole decode step ms"] - sum(out[f"{n} ms"] for n in names)
+    return out
