@@ -5,7 +5,8 @@ generate arguments (issue 15).
   composed config) gets a random value: strings, ints (negative, huge), floats (nan, inf, huge), booleans, null,
   lists, budget-like and interpolation-like strings; and, separately, random override text through Hydra's own
   override parser. The RunConfig is then built; no model runs, so this is validation only.
-- Tokenizer: arbitrary Unicode (lone surrogates included), bytes, None, numbers.
+- Tokenizers (stories260K's SentencePiece, SmolLM2's BPE vocabulary): arbitrary Unicode (lone surrogates
+  included), bytes, None, numbers.
 - generate: on stories260K with at most 3 new tokens; valid sampling settings come from two fixed sets, so that
   jax compiles twice, not once per example.
 
@@ -231,6 +232,33 @@ def test_fuzz_tokenizer_encode(model, text, bos):
     assert isinstance(text, str) and isinstance(bos, bool)
     assert all(isinstance(i, int) and 0 <= i < model.config.n_vocab for i in ids)
     assert isinstance(tok.decode(ids), str)
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory):
+    """SmolLM2's BPE vocabulary (tests/data/vocab, no model weights needed)."""
+    from vocab_data import vocab_metadata
+
+    from pijax.io.vocab import load_tokenizer
+
+    return load_tokenizer(vocab_metadata("smollm", tmp_path_factory.mktemp("vocab")))
+
+
+@settings(FUZZ, max_examples=200)
+@given(
+    text=TEXTS,
+    bos=st.one_of(st.booleans(), st.sampled_from([0, None])),
+    special=st.one_of(st.booleans(), st.just("on")),
+)
+def test_fuzz_bpe_tokenizer_encode(bpe_tokenizer, text, bos, special):
+    try:
+        ids = bpe_tokenizer.encode(text, bos=bos, special=special)
+    except PijaxError as e:
+        assert_one_line(str(e))
+        return
+    assert isinstance(text, str) and isinstance(bos, bool) and isinstance(special, bool)
+    assert all(isinstance(i, int) and i >= 0 for i in ids)
+    assert isinstance(bpe_tokenizer.decode(ids), str)
 
 
 # ---- generate ----------------------------------------------------------------------------------------------------
