@@ -309,3 +309,25 @@ def test_fuzz_generate_arguments(model, data, sampling, bad):
         assert_one_line(str(e))
         return
     assert len(out.new_ids) <= kwargs["max_new_tokens"] and isinstance(out.text, str)
+
+
+MESSAGES = st.one_of(
+    TEXTS,
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": TEXTS}),
+            st.dictionaries(st.text(max_size=8), TEXTS, max_size=3),
+            TEXTS,
+        ),
+        max_size=3,
+    ),
+)
+
+
+@settings(FUZZ, max_examples=100)
+@given(messages=MESSAGES, max_new_tokens=st.one_of(st.integers(0, 2), GARBAGE))
+def test_fuzz_chat_arguments(model, messages, max_new_tokens):
+    """stories260K has no chat template: every call ends in a PijaxError, and it must be one line."""
+    with pytest.raises(PijaxError) as e:
+        model.chat(messages, max_new_tokens=max_new_tokens)
+    assert_one_line(str(e.value))
