@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -12,8 +13,8 @@ from pijax.config import FfnActivation, ModelConfig, ModelSpec
 from pijax.io.chat import Message, chat_prompt
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
 from pijax.io.vocab import AnyTokenizer, load_tokenizer
-from pijax.kernels.convert import load_llama
 from pijax.kernels.formats import WeightFormat, check_format
+from pijax.model.convert import load_llama
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
@@ -110,6 +111,45 @@ class Model:
         out = self.engine.generate(prompt.ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=prompt.turn_end)
         return prompt.reply(self.tokenizer, out.new_ids)
 
+    def sparse(self, mode: str = "predictor", **options: Any) -> Model:
+        """A sparse copy with the same `.logits` / `.generate`: mode "predictor", "relu", "threshold" (with
+        `sparsity=`) or "oracle"; options: see `pijax.engine.api.sparse_model`. This model is left unchanged."""
+        from pijax.engine.api import sparse_model
+
+        setup = sparse_model(self, mode, **options)
+        out = Model(self.checkpoint, self.tokenizer, setup.module)
+        out.setup = setup
+        return out
+
+    def hybrid(self, budget: int | str = "ffn:50%", policy: str = "powerinfer", **options: Any) -> HybridModel:
+        """Hot rows on the accelerators, cold rows on the host, within `budget` (bytes, "2GiB" or "ffn:30%"):
+        the same `.logits` / `.generate`, plus `resident_report()` and `index`; options: see
+        `pijax.engine.api.hybrid_model`."""
+        from pijax.engine.api import hybrid_model
+
+        return HybridModel(self, hybrid_model(self, budget, policy=policy, **options))
+
+
+class HybridModel(Model):
+    """A Model run by the hybrid engine (pijax.engine.pipeline.HybridSetup in `setup`)."""
+
+    def __init__(self, base: Model, setup: Any):
+        super().__init__(base.checkpoint, base.tokenizer, base.module)
+        self.setup = setup
+        self._engine = setup.engine
+
+    def refresh(self) -> None:
+        """The hybrid engine holds its own copy of the weights: rebuild it with `Model.hybrid` instead."""
+
+    @property
+    def index(self) -> Any:
+        """The gpuidx in use (pijax.index.GpuIndex)."""
+        return self.setup.index
+
+    def resident_report(self) -> Any:
+        """Resident bytes per accelerator against the budget (pijax.layout.memory.ResidentReport)."""
+        return self.setup.report
+
 
 def load_model(
     path: str | os.PathLike[str] = STORIES260K,
@@ -122,7 +162,7 @@ def load_model(
 
     Any tensor type pijax reads (see `pijax.io.gguf.DEQUANTIZABLE`) is dequantized as it is read, one tensor at
     a time. `dtype` is how the matrices are kept: "f32" (default; pijax's plain XLA model, for parity), or "f16",
-    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.kernels.convert`)."""
+    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.model.convert`)."""
     path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
     ckpt.config.check_shape(path)

@@ -15,6 +15,17 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Kernel tests must not pass on the pure-JAX fallback unnoticed: without the C++ kernels the run stops at once
+# (set PIJAX_REQUIRE_KERNELS=0 to run the suite on the fallback on purpose, e.g. off x86-64).
+os.environ.setdefault("PIJAX_REQUIRE_KERNELS", "1")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("PIJAX_REQUIRE_KERNELS") == "1":
+        from pijax.kernels import build
+
+        if not build.available():
+            pytest.exit(f"PIJAX_REQUIRE_KERNELS=1 but the CPU kernels are unavailable: {build.status()}", returncode=1)
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from pijax.layout.pipeline import prepare_hybrid
 
 from pijax.api import load_model
 from pijax.index import IndexConfig, plan_budget
 from pijax.index.compute_buffers import SAFETY_MARGIN, xla_temp_bytes
 from pijax.layout.config import HardwareConfig
 from pijax.layout.memory import engine_temp_bytes
-from pijax.layout.pipeline import prepare_hybrid
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.paths import RELU_STORIES260K
 

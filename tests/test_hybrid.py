@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 
 from pijax.api import load_model
+from pijax.engine.hybrid import build_hybrid
+from pijax.engine.hybrid_engine import HybridEngine, _cold_call, _hot_call, _split
+from pijax.engine.pipeline import prepare_hybrid, profile_windows
 from pijax.errors import ConfigError
 from pijax.index import IndexConfig, plan_budget
 from pijax.io.checkpoint import load_checkpoint
 from pijax.layout.config import HardwareConfig
 from pijax.layout.devices import setup_devices
-from pijax.layout.pipeline import prepare_hybrid, profile_windows
 from pijax.model.generate import SamplingConfig
-from pijax.model.hybrid import HybridEngine, _cold_call, _hot_call, _split, build_hybrid
 from pijax.model.sparse_ffn import sparsify
 from pijax.paths import ASSETS, STORIES260K
 from pijax.sparsity.profile import profile

@@ -19,8 +19,8 @@ import pijax
 from pijax.bench import decode_report, llamacpp
 from pijax.io.gguf import read_gguf
 from pijax.kernels import build, formats, ops
-from pijax.kernels.convert import load_llama, use_kernels
 from pijax.kernels.fast_ffn import KernelFFN
+from pijax.model.convert import load_llama, use_kernels
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.sparse_ffn import sparsify
 from pijax.paths import STORIES260K
@@ -137,7 +137,7 @@ def test_kernel_ffn_equals_the_predictor_sparse_ffn(capacity: int | None, monkey
 
 def test_fallback_without_the_library_gives_the_kernel_results(tmp_path: Path) -> None:
     code = (
-        "import json; from pijax.kernels import build; from pijax.kernels.convert import load_llama;"
+        "import json; from pijax.kernels import build; from pijax.model.convert import load_llama;"
         "from pijax.model.generate import Engine, SamplingConfig; from pijax.paths import STORIES260K;"
         "e = Engine(load_llama(STORIES260K, 'f16', progress=False));"
         "print(json.dumps([build.available(), e.generate([1, 403, 407], 12, SamplingConfig()).new_ids]))"
@@ -224,3 +224,49 @@ def test_bench_smoke_reports_speed_bounds_and_selection(tmp_path: Path, monkeypa
     assert sp["touched_bytes"] <= sp["bound_bytes"] < sp["weight_bytes"]["ffn_dense"] + sp["bound_bytes"]
     assert res["synthetic"] is True and (tmp_path / "out" / "decode.csv").is_file()
     assert "T2 share of bound" in (tmp_path / "out" / "targets.md").read_text()
+
+
+def test_load_llama_checks_the_predictors_fingerprint_as_load_predictors_does() -> None:
+    from pijax.errors import DataError
+    from pijax.io.checkpoint import load_checkpoint
+    from pijax.io.fingerprint import fingerprint_arrays, gguf_arrays, weights_fingerprint
+    from pijax.paths import ASSETS
+
+    preds = ASSETS / "stories260K_relu_predictors.gguf"
+    relu = ASSETS / "stories260K_relu.gguf"
+    # the file-side fingerprint (tensor by tensor) is the loaded model's, for a plain and a PowerInfer-style file
+    for path in (relu, preds):
+        ckpt = load_checkpoint(path)
+        cfg = ckpt.config
+        assert fingerprint_arrays(gguf_arrays(ckpt.gguf, cfg.n_layer, cfg.tied_output)) == weights_fingerprint(
+            ckpt.weights
+        )
+    llama = load_llama(relu, predictors_from=preds, progress=False)
+    assert isinstance(llama.layers[0].ffn, KernelFFN) and llama.layers[0].ffn.sparse
+    with pytest.raises(DataError, match="trained for another model"):
+        load_llama(STORIES260K, predictors_from=preds, progress=False)
+
+
+@pytest.mark.skipif("avx2" not in build._cpu_flags(), reason="this CPU has no AVX2 to run the AVX2 build on")
+def test_avx2_build_computes_what_the_reference_does(tmp_path: Path) -> None:
+    """The AVX2+FMA code (x86 without AVX-512), built here with -march=haswell, in a process of its own."""
+    code = (
+        "import json, numpy as np, jax.numpy as jnp\n"
+        "from pijax.kernels import build, ops, formats\n"
+        "r = np.random.default_rng(0); f = lambda *s: jnp.asarray(r.normal(size=s).astype(np.float32))\n"
+        "x, lg, up, gate, down = f(3, 200), f(3, 96), f(96, 200), f(96, 200), f(96, 200)\n"
+        "out = []\n"
+        "for fmt in ('f32', 'f16', 'bf16', 'int8'):\n"
+        "    u, g, d = (formats.to_format(w, fmt) for w in (up, gate, down))\n"
+        "    a = ops.sparse_ffn(x, lg, u, g, d, kind='relu', threshold=0.2, capacity=40, use_kernel=True)[0]\n"
+        "    b = ops.sparse_ffn(x, lg, u, g, d, kind='relu', threshold=0.2, capacity=40, use_kernel=False)[0]\n"
+        "    c, e = ops.linear(x, u, use_kernel=True, f32_kernel=True), ops.linear(x, u, use_kernel=False)\n"
+        "    rel = lambda p, q: float(jnp.abs(p - q).max() / jnp.abs(q).max())\n"
+        "    out.append(max(rel(a, b), rel(c, e)))\n"
+        "print(json.dumps([build.isa(), out]))\n"
+    )
+    env = dict(os.environ, PIJAX_KERNEL_MARCH="haswell", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    isa, diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert isa == "avx2"
+    assert max(diffs) < 1e-5  # relative to the largest output: rounding only

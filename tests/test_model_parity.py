@@ -11,7 +11,8 @@ from flax import nnx
 
 import pijax
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
-from pijax.model.ffn import DenseFFN, ffn_activation
+from pijax.kernels.reference import ffn_activation
+from pijax.model.ffn import DenseFFN
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 

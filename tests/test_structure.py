@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "pijax"
 
 # The first component under pijax/ (a subpackage or a top-level module) -> its layer.
 LAYERS: list[tuple[str, frozenset[str]]] = [
-    ("base", frozenset({"errors", "paths", "configure", "results"})),
+    ("base", frozenset({"errors", "paths", "configure", "results", "validate"})),
     ("io", frozenset({"io", "config", "corpus", "tracking"})),
     ("model ops", frozenset({"kernels"})),
     # api: load_model and the dense Model (io + model); its sparse/hybrid views delegate upward (see EXCEPTIONS).

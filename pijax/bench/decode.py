@@ -10,7 +10,7 @@
 - the bound: read bandwidth (re-measured before every repeat) over the bytes a decode step must read: attention,
   output head, predictors, the predicted-active FFN rows (3 per neuron), the KV cache; and the bytes the kernel
   really touches (for ReLU FFNs it skips up/down_t rows of selected neurons whose gate product is <= 0);
-- the hybrid engine (hot rows on the accelerators, cold on the host, built by pijax.layout.pipeline) at each budget
+- the hybrid engine (hot rows on the accelerators, cold on the host, built by pijax.engine.pipeline) at each budget
   of `hybrid_budgets`, neurons placed by `hybrid_policy` (part `hybrid`) or whole layers (part `layers`):
   `pijax.bench.decode_hybrid`, rows `pijax_hybrid_f32_ffn:X%` / `pijax_layers_f32_ffn:X%`;
 - a per-component profile of one decode step, the active-fraction sweep, the model-size points (a 7B-shaped layer
@@ -43,8 +43,8 @@ from pijax.bench.decode_timing import measure_pijax, profile_step, spread, with_
 from pijax.bench.dense_decode import BandwidthProbe
 from pijax.errors import DataError, PijaxError
 from pijax.kernels import build
-from pijax.kernels.convert import load_llama, use_kernels
 from pijax.kernels.fast_ffn import KernelFFN
+from pijax.model.convert import load_llama, use_kernels
 from pijax.model.llama import Llama
 
 # ---------------------------------------------------------------- files

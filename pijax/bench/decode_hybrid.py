@@ -1,7 +1,7 @@
 """The hybrid engine in the decode benchmark: one row per budget, built through the library pipeline.
 
 For each budget of `BenchConfig.hybrid_budgets` ('ffn:X%': the dense part plus X% of all FFN neurons), the model
-file's hybrid engine is built by `pijax.layout.pipeline.prepare_hybrid` (the same path as `Model.hybrid` and
+file's hybrid engine is built by `pijax.engine.pipeline.prepare_hybrid` (the same path as `Model.hybrid` and
 task=generate: budget plan, gpuidx, capacities, resident bytes checked against the budget), with the predictors
 of the file as the mask source, and timed like every other engine (`measure_engine`: medians, min, max).
 Part `hybrid` places neurons with `hybrid_policy` (rows `pijax_hybrid_f32_ffn:X%`); part `layers` places whole
@@ -40,9 +40,9 @@ def measure_hybrid(
 ) -> dict[str, dict[str, Any]]:
     """{label: timing and placement figures} for every (policy, budget)."""
     from pijax.api import load_model
+    from pijax.engine.pipeline import prepare_hybrid, profile_windows
     from pijax.index import IndexConfig
     from pijax.layout.config import HardwareConfig
-    from pijax.layout.pipeline import prepare_hybrid, profile_windows
     from pijax.model.generate import Engine
     from pijax.sparsity.profile import profile
 

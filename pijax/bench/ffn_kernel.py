@@ -110,7 +110,7 @@ def run(
             w8 = w | {n: to_format(w32[n], "int8") for n in ("fc1", "fc2")}
             fns[f"sparse {fmt} (int8 predictor)"] = (jax.jit(lambda x, h, w=w8: sparse(x, h, w)), "xh")
         if fmt == "f32":
-            from pijax.model.ffn import down_project, ffn_activation
+            from pijax.kernels.reference import down_project, ffn_activation
 
             def xla_dense(x: jax.Array, w: dict = w) -> jax.Array:
                 up = jnp.einsum("nd,fd->nf", x, w["ffn_up"])

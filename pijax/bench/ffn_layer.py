@@ -26,9 +26,10 @@ import numpy as np
 from flax import nnx
 
 from pijax.config import ModelConfig
+from pijax.engine.setup import tune_host_allocator
 from pijax.model.ffn import DenseFFN
 from pijax.model.predictor import Predictor
-from pijax.model.sparse_ffn import SparseFFN, gathered_ffn, tune_host_allocator
+from pijax.model.sparse_ffn import SparseFFN, gathered_ffn
 from pijax.results import format_table, write_results_csv
 
 
@@ -69,7 +70,7 @@ def run_bench(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     if jax.default_backend() == "cpu":
-        tune_host_allocator()  # as sparsify() does (see pijax.model.sparse_ffn)
+        tune_host_allocator()  # as the engine set-up does (pijax.engine.setup)
     cfg, dense = _layer(n_embd, n_ff, seed)
     k = max(1, round(active * n_ff))
     rng = np.random.default_rng(seed)

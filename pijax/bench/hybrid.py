@@ -82,9 +82,9 @@ def bench_ffn(placement: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     import numpy as np
     from flax import nnx
 
+    from pijax.engine.hybrid_ffn import ColdFFN, HotFFN, select
     from pijax.layout.devices import to_mesh
     from pijax.layout.pack import PackedLayer
-    from pijax.model.hybrid_ffn import ColdFFN, HotFFN, select
 
     d, f = args.n_embd, args.n_ff
     k = round(args.hot * f)
@@ -204,9 +204,10 @@ def bench_decode(placement: Any, args: argparse.Namespace) -> list[dict[str, Any
     import jax
     import numpy as np
 
+    from pijax.engine.hybrid import build_hybrid
+    from pijax.engine.hybrid_engine import HybridEngine
     from pijax.layout.capacity import calibrate_capacities
     from pijax.model.generate import Engine, SamplingConfig
-    from pijax.model.hybrid import HybridEngine, build_hybrid
 
     llama, preds, thr, tokens = _random_model(placement, args)
     cfg = llama.cfg
@@ -286,9 +287,9 @@ def bench_sweep(placement: Any, args: argparse.Namespace) -> list[dict[str, Any]
 
     from pijax.api import load_model
     from pijax.corpus import load_corpus, token_windows
+    from pijax.engine.pipeline import prepare_hybrid, profile_windows
     from pijax.index import IndexConfig, plan_budget
     from pijax.layout.capacity import active_counts
-    from pijax.layout.pipeline import prepare_hybrid, profile_windows
     from pijax.model.generate import SamplingConfig
     from pijax.sparsity.profile import profile
 

@@ -28,7 +28,7 @@ def _estimate(tok_s: float, head_ms: float, n_layer: int) -> float:
 
 def run(pwri: Path, cfg: BenchConfig, probe: BandwidthProbe | None, prompt: list[int]) -> dict[str, Any]:
     from pijax.bench.decode_timing import measure_pijax, profile_step
-    from pijax.kernels.convert import load_llama
+    from pijax.model.convert import load_llama
 
     points: list[dict[str, Any]] = []
     n_layer = cfg.size_layers

@@ -2,7 +2,7 @@
 
 The shared library is compiled on first use with the system C++ compiler into `$PIJAX_CACHE/kernels` (default
 `~/.cache/pijax/kernels`), named by a hash of the source, the compiler, jax's FFI headers and the CPU flags
-(the build uses -march=native), and loaded with ctypes. Anything that goes wrong (no compiler, no x86-64, a
+(the build uses -march=native, or PIJAX_KERNEL_MARCH), and loaded with ctypes. Anything that goes wrong (no compiler, no x86-64, a
 failed build, PIJAX_NO_KERNELS=1) leaves `available()` False with the reason in `status()`; every caller then
 takes its pure-JAX path, which computes the same result.
 """
@@ -23,8 +23,17 @@ from pathlib import Path
 import jax
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+INCLUDES = (SOURCE.with_name("cpu_pool.inc"), SOURCE.with_name("cpu_rows.inc"))
 TARGETS = {"pijax_rows_dot": "PijaxRowsDot", "pijax_sparse_ffn": "PijaxSparseFfn"}
-_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
+_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
+
+
+def _march() -> str:
+    """-march=native, or PIJAX_KERNEL_MARCH (e.g. "haswell": the AVX2 code on an AVX-512 machine, for tests)."""
+    return f"-march={os.environ.get('PIJAX_KERNEL_MARCH') or 'native'}"
+
+
+_ISA_NAMES = {2: "avx512", 1: "avx2", 0: "portable"}
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -52,7 +61,8 @@ def _cpu_flags() -> str:
 def _library_path(cxx: str) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), version.encode(), jax.__version__.encode(), _cpu_flags().encode(), *_FLAGS):
+    sources = [SOURCE.read_bytes(), *(p.read_bytes() for p in INCLUDES)]
+    for part in (*sources, version.encode(), jax.__version__.encode(), _cpu_flags().encode(), *_FLAGS, _march()):
         h.update(part if isinstance(part, bytes) else part.encode())
     return cache_dir() / f"pijax_kernels-{h.hexdigest()[:16]}.so"
 
@@ -66,7 +76,7 @@ def _compile(cxx: str, out: Path) -> None:
             return
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             tmp_so = Path(tmp) / out.name
-            cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(tmp_so)]
+            cmd = [cxx, *_FLAGS, _march(), f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(tmp_so)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if res.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -97,16 +107,28 @@ def load() -> ctypes.CDLL | None:
                 threads = os.environ.get("PIJAX_KERNEL_THREADS")
                 n = int(threads) if threads else len(os.sched_getaffinity(0))
                 lib.pijax_set_threads(ctypes.c_int(n))
-                why = f"{path} ({'AVX-512' if lib.pijax_has_avx512() else 'portable loops'}, {n} threads)"
+                _state["isa"] = _ISA_NAMES.get(int(lib.pijax_isa()), "portable")
+                why = f"{path} ({_state['isa']}, {n} threads)"
+                if _state["isa"] == "portable":
+                    why += ": built without AVX-512 or AVX2+FMA, so the XLA path runs (it is faster than scalar loops)"
             except (OSError, RuntimeError, AttributeError, ValueError) as e:
                 lib, why = None, f"kernel build/load failed: {e}"
         _state["lib"], _state["status"] = lib, why
         return lib
 
 
+def isa() -> str:
+    """The vector code the library was built with: "avx512", "avx2" or "portable" (scalar loops); "" without
+    a library."""
+    load()
+    return str(_state.get("isa", ""))
+
+
 def available() -> bool:
-    """Whether the C++ kernels can be used (CPU backend and a working build)."""
-    return jax.default_backend() == "cpu" and load() is not None
+    """Whether the C++ kernels are used: CPU backend, a working build, and vector code (AVX-512 or AVX2+FMA).
+    Built without either (an old or non-Intel-compatible CPU), their scalar loops lose to XLA's dot, so every
+    caller takes the pure-JAX path (`status()` says so)."""
+    return jax.default_backend() == "cpu" and load() is not None and isa() != "portable"
 
 
 def status() -> str:

@@ -8,7 +8,7 @@
 // down_t rows are skipped too.
 //
 // Built by pijax/kernels/build.py with the system g++ (-O3 -march=native); AVX-512 code where the compiler
-// targets it, plain loops otherwise. Threads: a small persistent pool (the caller plus n-1 workers that spin
+// targets it, else AVX2 + FMA, else plain loops (cpu_rows.inc). Threads: a small persistent pool (the caller plus n-1 workers that spin
 // briefly, then sleep), so that a decode step's ~150 calls do not each pay a thread wake-up.
 
 #include <algorithm>
@@ -27,272 +27,24 @@
 
 #include "xla/ffi/api/ffi.h"
 
+// PIJAX_ISA: 2 = AVX-512 (16 lanes), 1 = AVX2 + FMA + F16C (8 lanes), 0 = scalar loops.
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#define PIJAX_AVX512 1
+#define PIJAX_ISA 2
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define PIJAX_ISA 1
 #else
-#define PIJAX_AVX512 0
+#define PIJAX_ISA 0
 #endif
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// ---------------------------------------------------------------- thread pool
+#include "cpu_pool.inc"
 
-class Pool {
- public:
-  explicit Pool(int n) { resize(n); }
-  ~Pool() { stop(); }
-
-  int size() const { return n_; }
-
-  void resize(int n) {
-    stop();
-    n_ = std::max(1, n);
-    quit_ = false;
-    const uint64_t g = gen_.load();
-    for (int t = 1; t < n_; ++t) workers_.emplace_back([this, g] { loop(g); });
-  }
-
-  // Runs f(c) for every chunk c in [0, n_chunks), the caller included, each chunk claimed from a shared ticket.
-  // Nobody waits for a thread that has not started: on a busy machine a worker may get the CPU late, and the
-  // caller then simply does its chunks. A second caller that finds the pool busy (XLA may run independent
-  // custom calls at once) runs its chunks alone.
-  void run(int n_chunks, const std::function<void(int)>& f) {
-    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock() || n_ == 1 || n_chunks <= 1) {
-      for (int c = 0; c < n_chunks; ++c) f(c);
-      return;
-    }
-    job_.store(&f, std::memory_order_relaxed);
-    n_chunks_.store(n_chunks, std::memory_order_relaxed);
-    done_.store(0, std::memory_order_relaxed);
-    const uint64_t g = ++runs_;
-    ticket_.store(g << 32, std::memory_order_release);
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      gen_.store(g, std::memory_order_release);
-    }
-    if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
-    work(g);
-    while (done_.load(std::memory_order_acquire) < n_chunks) cpu_relax();
-  }
-
- private:
-  static void cpu_relax() {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
-  }
-
-  // Claim chunks of run g until none is left. A chunk is claimed by a CAS on (run << 32 | next chunk), so a
-  // thread that arrives after run g ended can never start one of its chunks.
-  void work(uint64_t g) {
-    for (;;) {
-      uint64_t t = ticket_.load(std::memory_order_acquire);
-      if ((t >> 32) != g) return;
-      const uint32_t c = uint32_t(t);
-      if (int(c) >= n_chunks_.load(std::memory_order_relaxed)) return;
-      if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
-      (*job_.load(std::memory_order_relaxed))(int(c));
-      done_.fetch_add(1, std::memory_order_release);
-    }
-  }
-
-  void loop(uint64_t seen) {
-    for (;;) {
-      // Spin a little (decode calls come every few tens of microseconds), yielding the core to XLA's own
-      // threads, then sleep.
-      auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
-      int spins = 0;
-      while (gen_.load(std::memory_order_acquire) == seen && !quit_.load(std::memory_order_acquire)) {
-        cpu_relax();
-        if ((++spins & 63) != 0) continue;
-        sched_yield();
-        if (std::chrono::steady_clock::now() < until) continue;
-        std::unique_lock<std::mutex> lk(m_);
-        sleepers_.fetch_add(1, std::memory_order_acq_rel);
-        cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen || quit_.load(); });
-        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
-      }
-      if (quit_.load(std::memory_order_acquire)) return;
-      seen = gen_.load(std::memory_order_acquire);
-      work(seen);
-    }
-  }
-
-  void stop() {
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      quit_ = true;
-    }
-    cv_.notify_all();
-    for (auto& w : workers_) w.join();
-    workers_.clear();
-  }
-
-  static constexpr int kSpinMicros = 100;
-  int n_ = 1;
-  uint64_t runs_ = 0;
-  std::vector<std::thread> workers_;
-  std::mutex busy_, m_;
-  std::condition_variable cv_;
-  std::atomic<uint64_t> gen_{0}, ticket_{0};
-  std::atomic<int> done_{0}, n_chunks_{0}, sleepers_{0};
-  std::atomic<bool> quit_{false};
-  std::atomic<const std::function<void(int)>*> job_{nullptr};
-};
-
-Pool& pool() {
-  static Pool p(std::max(1u, std::thread::hardware_concurrency()));
-  return p;
-}
-
-// ---------------------------------------------------------------- element formats
-
-enum class Fmt { kF32, kF16, kBF16, kI8 };
-
-inline float half_to_float(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: renormalise
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400u)) {
-        man <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-template <Fmt F>
-inline float elem(const void* base, int64_t i) {
-  if constexpr (F == Fmt::kF32) {
-    return static_cast<const float*>(base)[i];
-  } else if constexpr (F == Fmt::kF16) {
-    return half_to_float(static_cast<const uint16_t*>(base)[i]);
-  } else if constexpr (F == Fmt::kBF16) {
-    uint32_t bits = uint32_t(static_cast<const uint16_t*>(base)[i]) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-  } else {
-    return float(static_cast<const int8_t*>(base)[i]);
-  }
-}
-
-template <Fmt F>
-constexpr int64_t elem_bytes() {
-  return F == Fmt::kF32 ? 4 : (F == Fmt::kI8 ? 1 : 2);
-}
-
-template <Fmt F>
-inline const void* row_ptr(const void* w, int64_t row, int64_t d) {
-  return static_cast<const char*>(w) + row * d * elem_bytes<F>();
-}
-
-// The K rows idx[q..q+K) of w into p, and into nx the rows idx[q+ahead..q+ahead+K) that are below n (the group
-// to prefetch while reading p); returns how many of those there are.
-template <Fmt F, int K>
-inline int row_group(const void* w, const int32_t* idx, int64_t q, int64_t n, int64_t ahead, int64_t d,
-                     const void** p, const void** nx) {
-  for (int k = 0; k < K; ++k) p[k] = row_ptr<F>(w, idx[q + k], d);
-  int n_next = 0;
-  for (int64_t k = q + ahead; k < std::min(n, q + ahead + K); ++k) nx[n_next++] = row_ptr<F>(w, idx[k], d);
-  return n_next;
-}
-
-#if PIJAX_AVX512
-template <Fmt F>
-inline __m512 load16(const void* base, int64_t i) {
-  if constexpr (F == Fmt::kF32) {
-    return _mm512_loadu_ps(static_cast<const float*>(base) + i);
-  } else if constexpr (F == Fmt::kF16) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i)));
-  } else if constexpr (F == Fmt::kBF16) {
-    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  } else {
-    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(base) + i));
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
-  }
-}
-#endif
-
-// dot(row r_k of w, x) for K rows at once (independent accumulator chains), unscaled. While it streams its K
-// rows it prefetches the `n_next` rows it will read next (the next row group, or the next gathered rows) at the
-// same offset, one cache line per line read: a 2-8 KB row is too short for the hardware prefetcher to ramp up
-// inside it, so without this each row starts with a run of full-latency misses.
-template <Fmt F, int K>
-inline void dot_rows(const void* const* rows, const float* x, int64_t d, float* out,
-                     const void* const* next = nullptr, int n_next = 0) {
-  int64_t i = 0;
-#if PIJAX_AVX512
-  constexpr int64_t kStep = 64 / (16 * elem_bytes<F>()) > 0 ? 64 / (16 * elem_bytes<F>()) : 1;
-  __m512 acc[K];
-  for (int k = 0; k < K; ++k) acc[k] = _mm512_setzero_ps();
-  for (; i + 16 <= d; i += 16) {
-    if (((i / 16) % kStep) == 0)
-      for (int k = 0; k < n_next; ++k) __builtin_prefetch(static_cast<const char*>(next[k]) + i * elem_bytes<F>(), 0, 3);
-    __m512 xv = _mm512_loadu_ps(x + i);
-    for (int k = 0; k < K; ++k) acc[k] = _mm512_fmadd_ps(load16<F>(rows[k], i), xv, acc[k]);
-  }
-  for (int k = 0; k < K; ++k) out[k] = _mm512_reduce_add_ps(acc[k]);
-#else
-  (void)next;
-  (void)n_next;
-  for (int k = 0; k < K; ++k) out[k] = 0.0f;
-#endif
-  for (; i < d; ++i)
-    for (int k = 0; k < K; ++k) out[k] += elem<F>(rows[k], i) * x[i];
-}
-
-// Where no streaming prefetch (dot_rows, axpy_row) covered a row we are about to read (the first rows of a
-// phase), ask for its head.
-int64_t g_prefetch_bytes = 512;
-
-template <Fmt F>
-inline void prefetch_head(const void* w, int32_t row, int64_t d) {
-  const char* p = static_cast<const char*>(row_ptr<F>(w, row, d));
-  const int64_t n = std::min<int64_t>(d * elem_bytes<F>(), g_prefetch_bytes);
-  for (int64_t o = 0; o < n; o += 64) __builtin_prefetch(p + o, 0, 1);
-}
-
-// acc += sum_k a[k] * row_k, prefetching the `n_next` rows read after these at the same offset. The terms are
-// added to each element in k order, as K separate row updates would.
-template <Fmt F, int K>
-inline void axpy_rows(float* acc, const float* a, const void* const* rows, int64_t d, const void* const* next,
-                      int n_next) {
-  int64_t i = 0;
-#if PIJAX_AVX512
-  constexpr int64_t kStep = 64 / (16 * elem_bytes<F>()) > 0 ? 64 / (16 * elem_bytes<F>()) : 1;
-  __m512 av[K];
-  for (int k = 0; k < K; ++k) av[k] = _mm512_set1_ps(a[k]);
-  for (; i + 16 <= d; i += 16) {
-    if (((i / 16) % kStep) == 0)
-      for (int k = 0; k < n_next; ++k) __builtin_prefetch(static_cast<const char*>(next[k]) + i * elem_bytes<F>(), 0, 3);
-    __m512 s = _mm512_loadu_ps(acc + i);
-    for (int k = 0; k < K; ++k) s = _mm512_fmadd_ps(load16<F>(rows[k], i), av[k], s);
-    _mm512_storeu_ps(acc + i, s);
-  }
-#else
-  (void)next;
-  (void)n_next;
-#endif
-  for (; i < d; ++i)
-    for (int k = 0; k < K; ++k) acc[i] += a[k] * elem<F>(rows[k], i);
-}
+#include "cpu_rows.inc"
 
 // ---------------------------------------------------------------- rows_dot: y[m, n] = scale[n] * <w[n], x[m]>
 
@@ -629,7 +381,7 @@ int pijax_set_threads(int n) {
   if (n >= 1 && n != pool().size()) pool().resize(n);
   return pool().size();
 }
-int pijax_has_avx512() { return PIJAX_AVX512; }
+int pijax_isa() { return PIJAX_ISA; }
 
 // Bytes at the head of each gathered row that are prefetched one row group ahead (0: none).
 int64_t pijax_set_prefetch(int64_t n) {

@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import ConfigError
 from pijax.kernels.formats import Weight, WeightFormat, dequantize, to_format
 from pijax.kernels.ops import linear, sparse_ffn
+from pijax.kernels.reference import rows_activation
 
 
 class KernelFFN(nnx.Module):
@@ -95,11 +95,11 @@ class KernelFFN(nnx.Module):
 
     def activations(self, h_btd: jax.Array) -> jax.Array:
         """The true (dense) per-neuron outputs [B, T, F], as `DenseFFN.activations` (for profiling)."""
-        from pijax.model.ffn import ffn_activation
-
-        up = jnp.einsum("btd,fd->btf", h_btd, dequantize(self.w_up_fd[...]))
-        gate = None if self.w_gate_fd is None else jnp.einsum("btd,fd->btf", h_btd, dequantize(self.w_gate_fd[...]))
-        return ffn_activation(gate, up, self.kind)
+        b, t, d = h_btd.shape
+        gate = None if self.w_gate_fd is None else dequantize(self.w_gate_fd[...])
+        return rows_activation(h_btd.reshape(b * t, d), dequantize(self.w_up_fd[...]), gate, self.kind).reshape(
+            b, t, -1
+        )
 
     def selected(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(output [B, T, D], neurons selected per token [B, T])."""

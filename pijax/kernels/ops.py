@@ -2,7 +2,7 @@
 
 - `linear(x, w)`: x [..., D] times the rows of w [N, D] -> [..., N], for any weight format.
 - `sparse_ffn(x, logits, up, gate, down_t, ...)`: per token, the neurons whose predictor logit >= threshold
-  (at most `capacity`, the top-scoring, as `pijax.model.sparse_ffn.select_rows`), or every neuron when
+  (at most `capacity`, the top-scoring, as `pijax.kernels.reference.select_rows`), or every neuron when
   `logits` is None, through act(gate, up) and the down projection: y [M, D], and how many neurons each token
   selected [M].
 
@@ -22,6 +22,7 @@ import numpy as np
 from pijax.config import FfnActivation
 from pijax.kernels import build
 from pijax.kernels.formats import QuantRows, Weight, dequantize
+from pijax.kernels.reference import down_project, keep_mask, rows_activation
 
 MAX_KERNEL_TOKENS = 8
 # f32 matrices at least this large (elements) go through the kernel by default: on a chain of a decode step's
@@ -40,10 +41,12 @@ def _data_scale(w: Weight) -> tuple[jax.Array, jax.Array]:
 
 
 def kernel_ok(n_tokens: int, use_kernel: bool | None = None) -> bool:
-    """Whether a call on n_tokens tokens takes the C++ path (use_kernel None: when available)."""
+    """Whether a call on n_tokens tokens takes the C++ path. use_kernel None: when available on jax's default
+    backend; True: whenever the library loads (the caller places the call on a CPU device, as the hybrid
+    engine's host part does on a GPU machine)."""
     if use_kernel is False or n_tokens > MAX_KERNEL_TOKENS:
         return False
-    return build.available()
+    return build.load() is not None if use_kernel else build.available()
 
 
 def set_f32_kernel(on: bool | None) -> bool | None:
@@ -141,24 +144,13 @@ def sparse_ffn_reference(
     capacity: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The pure-JAX `sparse_ffn`: dense products in f32, the selection applied as a mask."""
-    from pijax.model.ffn import down_project, ffn_activation
-    from pijax.model.sparse_ffn import select_rows, selection_mask
-
     m, _ = x_md.shape
     n_ff = up.shape[0]
     x = x_md.astype(jnp.float32)
-    u = jnp.einsum("md,fd->mf", x, dequantize(up))
-    g = None if gate is None else jnp.einsum("md,fd->mf", x, dequantize(gate))
-    act = ffn_activation(g, u, kind)
+    act = rows_activation(x, dequantize(up), None if gate is None else dequantize(gate), kind)
     if logits_mf is None:
         keep = jnp.ones((m, n_ff), jnp.bool_)
     else:
-        active = logits_mf >= threshold
-        cap = n_ff if capacity is None else int(capacity)
-        if cap >= n_ff:
-            keep = active
-        else:
-            idx, valid = select_rows(logits_mf, active, cap)
-            keep = selection_mask(idx, valid, n_ff)
+        keep = keep_mask(logits_mf, logits_mf >= threshold, n_ff if capacity is None else int(capacity))
     y = down_project(jnp.where(keep, act, 0.0)[None], dequantize(down_t))[0]
     return y, keep.sum(axis=-1).astype(jnp.int32)

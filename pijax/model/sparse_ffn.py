@@ -21,10 +21,7 @@ Dimension legend: see `pijax.model.layers`; here N = tokens (B*T), K = capacity,
 
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import sys
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -37,7 +34,8 @@ from flax import nnx
 from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import ConfigError, DataError
 from pijax.io.weights import PredictorWeights
-from pijax.model.ffn import DenseFFN, down_project, ffn_activation
+from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
+from pijax.model.ffn import DenseFFN
 from pijax.model.predictor import Predictor
 
 MaskSource = Literal["oracle", "predictor", "threshold"]
@@ -47,48 +45,6 @@ MASK_SOURCES: tuple[str, ...] = ("oracle", "predictor", "threshold")
 # f32; 1 MB chunks measured ~10% slower on a 2 MB-L2 Xeon), large enough that the loop's per-step cost is noise.
 # Small layers take a single chunk. On accelerators a loop of small kernels only adds launches: one chunk there.
 CHUNK_BYTES = 512 << 10
-
-# glibc's malloc returns big freed blocks to the OS and maps them again on the next call. A sparse decode step's
-# gathered rows are MBs of fresh temporaries per call, and in a VM every page of them then faults anew (measured:
-# 13k faults and ~35 ms extra per 7B-shaped layer step; experiments/sparse_ffn). Keeping freed blocks of up to
-# this size in the heap removes that cost; bigger ones (weights) still go back to the OS.
-HOST_MALLOC_KEEP_BYTES = 256 << 20
-_allocator_tuned = False
-
-
-def tune_host_allocator(keep_bytes: int = HOST_MALLOC_KEEP_BYTES) -> bool:
-    """Make glibc keep freed blocks below `keep_bytes` for reuse (mallopt); a no-op off Linux/glibc or with
-    PIJAX_NO_MALLOPT=1. Returns whether the setting is in effect."""
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    if os.environ.get("PIJAX_NO_MALLOPT") == "1" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, int(keep_bytes)) == 1
-        ok = ok and libc.mallopt(m_trim_threshold, int(2 * keep_bytes)) == 1
-    except (OSError, AttributeError):
-        return False
-    _allocator_tuned = ok
-    return ok
-
-
-def select_rows(score_nf: jax.Array, active_nf: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
-    """The `capacity` top-scoring active neurons per token: (idx [N, K] int32 ascending, valid [N, K] bool)."""
-    masked = jnp.where(active_nf, score_nf, -jnp.inf)
-    vals, idx = jax.lax.top_k(masked, capacity)
-    # Ascending row order: the gathers then walk memory forwards, and sums run in the dense product's order.
-    idx, valid = jax.lax.sort((idx.astype(jnp.int32), vals > -jnp.inf), dimension=1, num_keys=1)
-    return idx, valid
-
-
-def selection_mask(idx_nk: jax.Array, valid_nk: jax.Array, n_ff: int) -> jax.Array:
-    """The selection as a dense [N, F] bool mask."""
-    n = idx_nk.shape[0]
-    mask = jnp.zeros((n, n_ff), jnp.bool_)
-    return mask.at[jnp.arange(n)[:, None], idx_nk].max(valid_nk)
 
 
 def union_rows(idx_nk: jax.Array, valid_nk: jax.Array, n_ff: int) -> tuple[jax.Array, jax.Array]:
@@ -139,9 +95,8 @@ def gathered_ffn(
     def chunk(y_nd: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         rows, keep_nr = xs
         if act_nf is None:
-            up = jnp.einsum("nd,rd->nr", h_nd, take_rows(w_up_fd, rows))
-            gate = None if w_gate_fd is None else jnp.einsum("nd,rd->nr", h_nd, take_rows(w_gate_fd, rows))
-            act = ffn_activation(gate, up, kind)
+            gate = None if w_gate_fd is None else take_rows(w_gate_fd, rows)
+            act = rows_activation(h_nd, take_rows(w_up_fd, rows), gate, kind)
         else:
             act = jnp.take(act_nf, rows, axis=1)
         act = jnp.where(keep_nr, act, 0.0)
@@ -190,9 +145,9 @@ class SparseFFN(nnx.Module):
 
     def activations(self, h_btd: jax.Array) -> jax.Array:
         """The true (dense) per-neuron outputs [B, T, F], as `DenseFFN.activations` (profiling reads these)."""
-        up = jnp.einsum("btd,fd->btf", h_btd, self.w_up_fd[...])
-        gate = None if self.w_gate_fd is None else jnp.einsum("btd,fd->btf", h_btd, self.w_gate_fd[...])
-        return ffn_activation(gate, up, self.kind)
+        b, t, d = h_btd.shape
+        gate = None if self.w_gate_fd is None else self.w_gate_fd[...]
+        return rows_activation(h_btd.reshape(b * t, d), self.w_up_fd[...], gate, self.kind).reshape(b, t, -1)
 
     def mask_scores(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         """(score [B,T,F], active [B,T,F], dense act [B,T,F] or None when the source did not need it)."""
@@ -284,8 +239,6 @@ def sparsify(
         if np.isscalar(pred_threshold)
         else _layer_list(list(pred_threshold), n_layer, "predictor thresholds")
     )
-    if jax.default_backend() == "cpu":
-        tune_host_allocator()
     new_ffns = []  # all built (and checked) before any block is touched
     for i, block in enumerate(llama.layers):
         dense = block.ffn
@@ -348,11 +301,9 @@ def calibrate_capacities(
 
     `source` is ActivationStats (uses its per-token active-count histogram when present, else the mean active
     count) or per-token active counts int [N, L] (e.g. the predictor's positives, from `mask_counts`)."""
-    from pijax.sparsity.stats import ActivationStats
-
     if not 0.0 < quantile <= 1.0:
         raise ConfigError(f"capacity quantile must be in (0, 1], got {quantile}")
-    if isinstance(source, ActivationStats):
+    if hasattr(source, "active_per_token"):  # ActivationStats (pijax.sparsity, a layer above: duck-typed)
         n_ff = source.n_ff if n_ff is None else n_ff
         if source.active_hist is not None:
             q = [_hist_quantile(h, quantile) for h in source.active_hist]

@@ -1,11 +1,10 @@
-"""Predictor files: the weights' identity (`weights_fingerprint`), writing a model with trained predictors, and
-loading predictors with the checks that they belong to the model (see pijax.sparsity.predictors).
+"""Predictor files: writing a model with trained predictors, and loading predictors with the checks that they
+belong to the model (identity: `pijax.io.fingerprint.weights_fingerprint`; training: pijax.sparsity.predictors).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -16,38 +15,16 @@ import numpy as np
 
 from pijax.errors import DataError, TensorError
 from pijax.io.checkpoint import load_checkpoint, save_checkpoint, tokenizer_metadata
+from pijax.io.fingerprint import PREDICTOR_FINGERPRINT_KEY, check_predictor_fingerprint, weights_fingerprint
 from pijax.io.gguf import read_gguf
-from pijax.io.weights import LlamaWeights, PredictorWeights
+from pijax.io.weights import PredictorWeights
 from pijax.sparsity.predictors import TrainedPredictors
 
 KEY_PREFIX = "pijax.predictor."
-FINGERPRINT_KEY = KEY_PREFIX + "model_fingerprint"
+FINGERPRINT_KEY = PREDICTOR_FINGERPRINT_KEY
 
 
 # ---------------------------------------------------------------- identity and files
-
-
-def weights_fingerprint(weights: LlamaWeights, samples: int = 4096) -> str:
-    """A model identity that ignores file layout: shapes plus evenly strided samples of every model array
-    (down projection as down_t rows, predictors excluded)."""
-    h = hashlib.sha256()
-
-    def add(name: str, a: np.ndarray | None) -> None:
-        if a is None:
-            h.update(f"{name}:none|".encode())
-            return
-        flat = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
-        step = max(1, flat.size // samples)
-        h.update(f"{name}:{a.shape}|".encode())
-        h.update(flat[::step].tobytes())
-
-    add("token_embd", weights.token_embd)
-    add("output_norm", weights.output_norm)
-    add("output", weights.output)
-    for i, lw in enumerate(weights.layers):
-        for f in dataclasses.fields(lw):
-            add(f"{i}.{f.name}", getattr(lw, f.name))
-    return "w1:" + h.hexdigest()[:32]
 
 
 def save_predictor_model(
@@ -128,11 +105,7 @@ def load_predictors(path: str | os.PathLike[str], model: Any = None) -> Predicto
             )
         stored = f.metadata.get(FINGERPRINT_KEY)
         if stored is not None:
-            mine = weights_fingerprint(model.checkpoint.weights)
-            if stored != mine:
-                raise DataError(
-                    f"predictors were trained for another model (fingerprint {stored}, this model {mine})", path
-                )
+            check_predictor_fingerprint(stored, weights_fingerprint(model.checkpoint.weights), path)
     ckpt = load_checkpoint(path)
     if ckpt.weights.predictors is None or len(ckpt.weights.predictors) != n_pred:
         raise TensorError("predictor tensors are incomplete", path)

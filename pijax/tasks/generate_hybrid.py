@@ -27,9 +27,9 @@ def hybrid_requested(cfg: RunConfig) -> bool:
 
 def run_hybrid(cfg: RunConfig, out_dir: Path) -> float:
     from pijax.api import load_model
+    from pijax.engine.pipeline import prepare_hybrid
     from pijax.layout.devices import setup_devices
     from pijax.layout.memory import bytes_in_use, engine_temp_bytes
-    from pijax.layout.pipeline import prepare_hybrid
 
     placement = setup_devices(cfg.hardware)  # first: it may still have to create the virtual CPU devices
     with jax.default_device(placement.host):  # the dense model is only read from, on the host

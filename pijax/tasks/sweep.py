@@ -5,7 +5,7 @@
 
 Per run: pick the model (sweep.synthetic preset, model.path, or the shipped ReLU stories260K), profile its
 activations on the corpus' train split (once per process), build the budget-checked hybrid engine for the
-run's index policy and budget (pijax.layout.pipeline), then measure
+run's index policy and budget (pijax.engine.pipeline), then measure
 - prefill and decode tokens/s: greedy generations from a held-out prompt, median of `repeats` after `warmup`;
 - resident accelerator bytes (the layout's accounting of every array's shards) and hot neurons;
 - hot share of activations (profiled activations that fall on hot neurons);
@@ -202,9 +202,9 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
 
 def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
     """The run's row (see the module docstring). Library entry point of task=sweep (no files, no tracker)."""
+    from pijax.engine.pipeline import prepare_hybrid
     from pijax.eval import compare
     from pijax.layout.devices import setup_devices
-    from pijax.layout.pipeline import prepare_hybrid
 
     placement = setup_devices(cfg.hardware)
     path = model_path(cfg.model.path, (sc.smoke_synthetic if cfg.smoke else sc.synthetic) if sc.synthetic else "")

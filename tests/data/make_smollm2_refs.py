@@ -49,7 +49,7 @@ def main() -> int:
     from pijax.bench.real_models import agreement, llamacpp_greedy, llamacpp_logits, llamacpp_tokenize
     from pijax.io.convert import convert_gguf
     from pijax.io.registry import resolve_model
-    from pijax.kernels.convert import load_llama
+    from pijax.model.convert import load_llama
     from pijax.model.generate import Engine
 
     q4 = resolve_model("smollm2-135m")

@@ -2,7 +2,8 @@
 
 Three modules, one per place the work happens:
 - `HybridFFN` (accelerators, replicated): the layer's predictor, the selection of the cold rows to compute (so only
-  row ids cross to the host, never the predictor's logits), and its `HotFFN`.
+  row ids cross to the host; with the host on the CPU kernels, the cold rows' logits, and the kernel selects), and
+  its `HotFFN`.
 - `HotFFN` (accelerators, sharded): the hot rows packed in bucket order, split along the neuron axis over the
   mesh. Inside a `shard_map` each accelerator computes the down-projection sum over its own predicted-active rows;
   a `psum` adds the partials. Mode "masked": every local hot row is computed and the inactive ones are zeroed
@@ -17,7 +18,10 @@ with the same selection.
 Mask sources: "predictor" (logit >= threshold, score = logit: PowerInfer's path), "oracle" (the true activity
 act != 0 of ReLU-family models, each side computing its own rows' act; for exactness tests) and "dense" (every
 row; the plain split of the dense FFN). Hot and cold sets are disjoint, so the two outputs add up to the FFN's.
-Row selection and the gathered products are pijax.model.sparse_ffn's. Dimension legend: see
+Row selection is pijax.kernels.reference's, the gathered products pijax.model.sparse_ffn's. Backends: with
+`cold_kernels` the host part runs on the CPU kernels (pijax.kernels.ops.sparse_ffn, one call per layer, rows read
+in place); with `hot_kernels` (accelerators that are CPU devices) each shard's hot rows do too; otherwise XLA (the
+reference, and what GPUs run). Dimension legend: see
 `pijax.model.layers`; here N = tokens (B*T), K = rows of a block (a hot shard or the cold block).
 """
 
@@ -33,11 +37,12 @@ from jax.sharding import PartitionSpec as P
 
 from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import ConfigError
+from pijax.kernels.ops import sparse_ffn
+from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
 from pijax.layout.devices import Placement, to_mesh
 from pijax.layout.pack import PackedLayer, pad_ids, pad_rows
-from pijax.model.ffn import down_project, ffn_activation
 from pijax.model.predictor import Predictor
-from pijax.model.sparse_ffn import gathered_ffn, select_rows, selection_mask, union_rows
+from pijax.model.sparse_ffn import gathered_ffn, union_rows
 
 MaskSource = Literal["predictor", "oracle", "dense"]
 MASK_SOURCES: tuple[str, ...] = ("predictor", "oracle", "dense")
@@ -50,12 +55,6 @@ the predictor source; empty for oracle and dense, where the host decides from it
 
 class RowIds(nnx.Variable):
     """Integer neuron ids (not trainable): the hot bucket, the cold id list."""
-
-
-def _act(h_nd: jax.Array, up_kd: jax.Array, gate_kd: jax.Array | None, kind: FfnActivation) -> jax.Array:
-    up = jnp.einsum("nd,kd->nk", h_nd, up_kd)
-    gate = None if gate_kd is None else jnp.einsum("nd,kd->nk", h_nd, gate_kd)
-    return ffn_activation(gate, up, kind)
 
 
 def _masked_down(act_nk: jax.Array, keep_nk: jax.Array | None, down_kd: jax.Array) -> jax.Array:
@@ -92,7 +91,7 @@ def compute_selected(
     if "idx" in req:
         idx_u, keep_nu = union_rows(req["idx"], req["valid"], up_kd.shape[0])
         return gathered_ffn(h_nd, idx_u, keep_nu, up_kd, gate_kd, down_kd, kind)
-    return _masked_down(_act(h_nd, up_kd, gate_kd, kind), req["keep"], down_kd)
+    return _masked_down(rows_activation(h_nd, up_kd, gate_kd, kind), req["keep"], down_kd)
 
 
 def compute_self_selected(
@@ -106,7 +105,7 @@ def compute_self_selected(
     gather: bool,
 ) -> jax.Array:
     """A block's contribution when it decides itself: "dense" (every row) or "oracle" (act != 0, by |act|)."""
-    act = _act(h_nd, up_kd, gate_kd, kind)
+    act = rows_activation(h_nd, up_kd, gate_kd, kind)
     if source == "dense":
         return _masked_down(act, None, down_kd)
     req = select(jnp.abs(act), act != 0, capacity, gather)
@@ -117,11 +116,14 @@ def compute_self_selected(
 
 
 def request_fields(
-    source: MaskSource, n_tokens: int, capacity: int, n_rows: int, max_gather_rows: int | None
+    source: MaskSource, n_tokens: int, capacity: int, n_rows: int, max_gather_rows: int | None, kernels: bool = False
 ) -> tuple[tuple[str, int], ...]:
-    """The columns a cold Request has for n_tokens tokens: both sides derive it from the same settings."""
+    """The columns a cold Request has for n_tokens tokens: both sides derive it from the same settings. For a
+    host on the CPU kernels it is the cold rows' predictor logits (the kernel selects, as for one device)."""
     if source != "predictor" or n_rows == 0:
         return ()
+    if kernels:
+        return (("logits", n_rows),)
     if gathers(n_tokens, capacity, n_rows, max_gather_rows):
         c = min(capacity, n_rows)
         return (("idx", c), ("valid", c))
@@ -141,9 +143,31 @@ def unpack_request(packed_nw: jax.Array, n_embd: int, fields: tuple[tuple[str, i
     req, start = {}, n_embd
     for name, width in fields:
         col = packed_nw[:, start : start + width]
-        req[name] = col.astype(jnp.int32) if name == "idx" else col > 0.5
+        req[name] = col if name == "logits" else (col.astype(jnp.int32) if name == "idx" else col > 0.5)
         start += width
     return packed_nw[:, :n_embd], req
+
+
+def kernel_rows(
+    h_nd: jax.Array,
+    logits_nk: jax.Array | None,
+    up: jax.Array,
+    gate: jax.Array | None,
+    down: jax.Array,
+    kind: FfnActivation,
+    threshold: float,
+    capacity: int,
+) -> jax.Array:
+    """A block's contribution [N, D] on the CPU kernels: the rows with logit >= threshold (at most `capacity`,
+    the top-scoring), or without logits every row, inactive ReLU rows skipped exactly."""
+    return sparse_ffn(
+        h_nd, logits_nk, up, gate, down, kind=kind, threshold=threshold, capacity=capacity, use_kernel=True
+    )[0]
+
+
+def use_kernels(kernels: bool, source: MaskSource, capacity: int, n_rows: int) -> bool:
+    """Whether a block runs on the kernels: asked for, and not a capped oracle (the kernel ranks by logit only)."""
+    return kernels and (source != "oracle" or capacity >= n_rows)
 
 
 def _on(x: np.ndarray, sharding: Any, dtype: Any) -> jax.Array:
@@ -166,6 +190,7 @@ class HotFFN(nnx.Module):
         capacity: int | None,
         max_gather_rows: int | None,
         dtype: Any = jnp.float32,
+        kernels: bool = False,
     ):
         n = placement.n_accel
         rows = placement.rows
@@ -177,6 +202,10 @@ class HotFFN(nnx.Module):
         self.capacity = (
             self.per_shard if capacity is None or mode == "masked" else max(1, min(capacity, self.per_shard))
         )
+        kernel_cap = self.per_shard if capacity is None else max(1, min(capacity, self.per_shard))
+        self.kernels = use_kernels(kernels, source, kernel_cap, self.per_shard)
+        if self.kernels:
+            self.capacity = kernel_cap
         self.kind: FfnActivation = kind
         self.source: MaskSource = source
         self.threshold = float(threshold)
@@ -191,10 +220,16 @@ class HotFFN(nnx.Module):
         gather = self.mode == "gather" and gathers(n, self.capacity, self.per_shard, self.max_gather_rows)
         has_gate = self.w_gate_kd is not None
         kind, source, thr, cap, axis = self.kind, self.source, self.threshold, self.capacity, self.axis
+        kernels = self.kernels
 
         def local(h_nd, ids, up, down, *rest):
             gate = rest[0] if has_gate else None
-            if source == "predictor":
+            if kernels:
+                logits = None
+                if source == "predictor":
+                    logits = jnp.where((ids >= 0)[None, :], jnp.take(rest[-1], jnp.maximum(ids, 0), axis=1), -jnp.inf)
+                y = kernel_rows(h_nd, logits, up, gate, down, kind, thr, cap)
+            elif source == "predictor":
                 logits = rest[-1]
                 score = jnp.take(logits, jnp.maximum(ids, 0), axis=1)
                 active = (score >= thr) & (ids >= 0)[None, :]
@@ -230,6 +265,8 @@ class ColdFFN(nnx.Module):
         capacity: int | None,
         max_gather_rows: int | None,
         dtype: Any = jnp.float32,
+        threshold: float = 0.0,
+        kernels: bool = False,
     ):
         self.w_up_cd = nnx.Param(_on(packed.up_cd, host_sharding, dtype))
         self.w_gate_cd = None if packed.gate_cd is None else nnx.Param(_on(packed.gate_cd, host_sharding, dtype))
@@ -239,9 +276,11 @@ class ColdFFN(nnx.Module):
         self.kind: FfnActivation = kind
         self.source: MaskSource = source
         self.max_gather_rows = max_gather_rows
+        self.threshold = float(threshold)
+        self.kernels = use_kernels(kernels, source, self.capacity, self.n_cold)
 
     def fields(self, n_tokens: int) -> tuple[tuple[str, int], ...]:
-        return request_fields(self.source, n_tokens, self.capacity, self.n_cold, self.max_gather_rows)
+        return request_fields(self.source, n_tokens, self.capacity, self.n_cold, self.max_gather_rows, self.kernels)
 
     def run_packed(self, packed_nw: jax.Array) -> jax.Array:
         """The cold contribution [N, D] from what `HybridFFN.pack_for_host` sent."""
@@ -255,7 +294,9 @@ class ColdFFN(nnx.Module):
         h = hn_btd.reshape(n, d)
         gate = None if self.w_gate_cd is None else self.w_gate_cd[...]
         up, down = self.w_up_cd[...], self.w_down_cd[...]
-        if self.source == "predictor":
+        if self.kernels:
+            y = kernel_rows(h, req.get("logits"), up, gate, down, self.kind, self.threshold, self.capacity)
+        elif self.source == "predictor":
             y = compute_selected(h, req, up, gate, down, self.kind)
         else:
             gather = gathers(n, self.capacity, self.n_cold, self.max_gather_rows)
@@ -284,6 +325,8 @@ class HybridFFN(nnx.Module):
         cold_capacity: int | None = None,
         max_gather_rows: int | None = None,
         dtype: Any = jnp.float32,
+        hot_kernels: bool = False,
+        cold_kernels: bool = False,
     ):
         if source not in MASK_SOURCES:
             raise ConfigError(f"hybrid FFN mask source {source!r} is not one of {MASK_SOURCES}")
@@ -297,6 +340,7 @@ class HybridFFN(nnx.Module):
         self.threshold = float(pred_threshold)
         self.max_gather_rows = max_gather_rows
         self.cold_capacity = self.n_cold if cold_capacity is None else max(1, min(int(cold_capacity), self.n_cold))
+        self.cold_kernels = use_kernels(cold_kernels, source, self.cold_capacity, self.n_cold)
         self.predictor = predictor if source == "predictor" else None
         self.hot = (
             HotFFN(
@@ -309,6 +353,7 @@ class HybridFFN(nnx.Module):
                 capacity=hot_capacity,
                 max_gather_rows=max_gather_rows,
                 dtype=dtype,
+                kernels=hot_kernels,
             )
             if packed.n_hot
             else None
@@ -334,13 +379,17 @@ class HybridFFN(nnx.Module):
         if self.n_cold == 0 or self.source != "predictor":
             return {}
         score = jnp.take(logits_nf, self.cold_ids[...], axis=1)
+        if self.cold_kernels:
+            return {"logits": score}
         gather = gathers(n_tokens, self.cold_capacity, self.n_cold, self.max_gather_rows)
         return select(score, score >= self.threshold, self.cold_capacity, gather)
 
     def pack_for_host(self, hn_btd: jax.Array, logits_nf: jax.Array | None) -> jax.Array:
         """Everything the host needs for this layer's cold part, as one array (see `pack_request`)."""
         n = hn_btd.shape[0] * hn_btd.shape[1]
-        fields = request_fields(self.source, n, self.cold_capacity, self.n_cold, self.max_gather_rows)
+        fields = request_fields(
+            self.source, n, self.cold_capacity, self.n_cold, self.max_gather_rows, self.cold_kernels
+        )
         return pack_request(hn_btd, self.cold_request(logits_nf, n), fields)
 
     def __call__(self, hn_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:

@@ -25,6 +25,12 @@ from tqdm.auto import tqdm
 from pijax.config import FfnActivation
 from pijax.errors import DataError
 from pijax.io.checkpoint import THRESHOLD_KEY, model_config_from_gguf
+from pijax.io.fingerprint import (
+    PREDICTOR_FINGERPRINT_KEY,
+    check_predictor_fingerprint,
+    fingerprint_arrays,
+    gguf_arrays,
+)
 from pijax.io.gguf import GGUFFile, read_gguf
 from pijax.kernels import build
 from pijax.kernels.fast_ffn import KernelFFN
@@ -101,6 +107,10 @@ def load_llama(
     has_pred = use_predictors and "blk.0.fc1.weight" in pf.tensors
     if use_predictors and predictors_from is not None and not has_pred:
         raise DataError("no predictors (blk.N.fc1/fc2) in this file", predictors_from)
+    stored = pf.metadata.get(PREDICTOR_FINGERPRINT_KEY) if has_pred else None
+    if stored is not None:  # the check load_predictors makes, computed from the file tensor by tensor
+        mine = fingerprint_arrays(gguf_arrays(f, cfg.n_layer, cfg.tied_output))
+        check_predictor_fingerprint(stored, mine, predictors_from or path)
     thr = float(pf.metadata.get(THRESHOLD_KEY, 0.0)) if pred_threshold is None else float(pred_threshold)
     caps = list(capacities) if capacities is not None else [cfg.n_ff] * cfg.n_layer
     if len(caps) != cfg.n_layer:

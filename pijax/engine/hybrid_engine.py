@@ -1,10 +1,5 @@
-"""Hybrid hot/cold execution: a LLaMA split over an accelerator mesh and the host, and its decode engine.
-
-`build_hybrid(model, buckets, placement, ...) -> HybridLlama` places, as PowerInfer does: the token embedding on
-the host; attention, norms, predictors and the output head on the accelerators (replicated over the mesh); each
-layer's hot FFN rows packed in bucket order and sharded over the mesh; its cold rows packed on the host.
-
-`HybridEngine(hybrid)` runs it. A decode step is a chain of jitted calls, cut only where the host must work:
+"""The hybrid decode engine: `HybridEngine(hybrid)` runs a HybridLlama (pijax.engine.hybrid) split over an
+accelerator mesh and the host. A decode step is a chain of jitted calls, cut only where the host must work:
 - host: the embedding row of the new token;
 - accelerators, one call per *stage*: the cold output of the previous split layer added in, every all-hot layer
   in full, then the next split (or all-cold) layer's attention, its predictor, its hot part, and the choice of
@@ -24,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,230 +29,13 @@ import numpy as np
 from flax import nnx
 
 from pijax.config import ModelConfig
-from pijax.errors import ConfigError, DataError
-from pijax.io.weights import LayerWeights, PredictorWeights
-from pijax.layout.devices import Placement, to_local, to_mesh
-from pijax.layout.memory import ResidentReport, resident_report
-from pijax.layout.pack import PackedLayer, pack_layer
+from pijax.engine.hybrid import HybridLlama, Stage
+from pijax.errors import DataError
+from pijax.layout.devices import to_local, to_mesh
+from pijax.layout.memory import ResidentReport
 from pijax.model.generate import Engine, SamplingConfig, bucket, sample_logits
-from pijax.model.hybrid_ffn import ColdFFN, HotMode, HybridFFN, MaskSource
-from pijax.model.layers import KVCache, RMSNorm, init_cache, rope_angles
-from pijax.model.llama import Block, Llama
-from pijax.model.predictor import Predictor
-
-
-def place(module: nnx.Module, sharding: Any) -> nnx.Module:
-    """Move every array of `module` to `sharding`, in place."""
-    state = nnx.state(module)
-    nnx.update(module, jax.tree.map(lambda a: to_mesh(np.asarray(a), sharding), state))
-    return module
-
-
-class Head(nnx.Module):
-    """Output norm and output matrix [V, D] (a copy of the embedding table when the model ties them)."""
-
-    def __init__(self, cfg: ModelConfig, norm_w: np.ndarray, w_out_vd: np.ndarray, *, dtype: Any = jnp.float32):
-        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps, norm_w, dtype=dtype)
-        self.w_out_vd = nnx.Param(jnp.asarray(w_out_vd, dtype=dtype))
-
-    def __call__(self, x_btd: jax.Array) -> jax.Array:
-        return jnp.einsum("btd,vd->btv", self.norm(x_btd), self.w_out_vd[...])
-
-
-class Stage(nnx.Module):
-    """The layers one accelerator call runs (see the module docstring); `head` only in the last stage."""
-
-    def __init__(self, blocks: list[Block], head: Head | None):
-        self.blocks = nnx.List(blocks)
-        self.head = head
-
-
-@dataclasses.dataclass
-class HybridLlama:
-    """A LLaMA placed for hybrid execution (see `build_hybrid`)."""
-
-    cfg: ModelConfig
-    placement: Placement
-    embed_vd: jax.Array  # on the host
-    blocks: list[Block]  # accelerators; block.ffn is a HybridFFN
-    colds: list[ColdFFN | None]  # host; None for an all-hot layer
-    head: Head
-    n_hot: list[int]
-    source: MaskSource
-    hot_mode: HotMode
-    overlap: bool
-
-    @property
-    def n_layer(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def hot_fraction(self) -> float:
-        return sum(self.n_hot) / (self.cfg.n_ff * self.n_layer)
-
-    def parts(self, cache: KVCache | None = None) -> dict[str, Any]:
-        """Named pytrees of every array the model holds (and the KV cache, if given), for accounting."""
-        ffns = [b.ffn for b in self.blocks]
-        out = {
-            "attention + norms": [
-                (nnx.state(b.attn), nnx.state(b.attn_norm), nnx.state(b.ffn_norm)) for b in self.blocks
-            ],
-            "predictors": [nnx.state(f.predictor) for f in ffns if f.predictor is not None],
-            "hot FFN rows": [
-                (f.hot.w_up_kd[...], f.hot.w_down_kd[...], None if f.hot.w_gate_kd is None else f.hot.w_gate_kd[...])
-                for f in ffns
-                if f.hot is not None
-            ],
-            "hot ids (buckets)": [f.hot.ids_k[...] for f in ffns if f.hot is not None],
-            "cold ids": [f.cold_ids[...] for f in ffns if f.cold_ids is not None],
-            "output head": nnx.state(self.head),
-            "cold FFN rows (host)": [nnx.state(c) for c in self.colds if c is not None],
-            "token embedding (host)": self.embed_vd,
-        }
-        if cache is not None:
-            out["kv cache"] = cache
-        return out
-
-    def resident_report(self, budget_bytes: int | None = None, cache: KVCache | None = None) -> ResidentReport:
-        p = self.placement
-        return resident_report(self.parts(cache), p.local_accelerators, p.host, budget_bytes, p.n_accel)
-
-
-def _np(var: nnx.Variable | None) -> np.ndarray | None:
-    return None if var is None else np.asarray(var[...])
-
-
-def _layer_weights(block: Any) -> LayerWeights:
-    ffn = block.ffn
-    return LayerWeights(
-        attn_norm=_np(block.attn_norm.weight),
-        wq=_np(block.attn.w_q_nd),
-        wk=_np(block.attn.w_k_nd),
-        wv=_np(block.attn.w_v_nd),
-        wo=_np(block.attn.w_o_dn),
-        ffn_norm=_np(block.ffn_norm.weight),
-        up=_np(ffn.w_up_fd),
-        gate=_np(ffn.w_gate_fd),
-        down_t=_np(ffn.w_down_fd),
-    )
-
-
-def _per_layer(value: Any, n_layer: int, what: str) -> list[Any]:
-    if value is None or np.isscalar(value):
-        return [value] * n_layer
-    values = list(value)
-    if len(values) != n_layer:
-        raise DataError(f"{what} are given for {len(values)} layers, the model has {n_layer}")
-    return values
-
-
-def build_hybrid(
-    model: Any,
-    buckets: Sequence[np.ndarray] | Any,
-    placement: Placement,
-    *,
-    source: MaskSource = "predictor",
-    predictors: Sequence[PredictorWeights | Predictor] | None = None,
-    pred_threshold: float | Sequence[float] | None = None,
-    hot_mode: HotMode = "gather",
-    overlap: bool = False,
-    hot_capacities: Sequence[int | None] | int | None = None,
-    cold_capacities: Sequence[int | None] | int | None = None,
-    max_gather_rows: int | None = None,
-) -> HybridLlama:
-    """Place a Model (or bare Llama) for hybrid execution following per-layer hot ids (a GpuIndex or a list).
-
-    Weights are read from the module (so a swapped or fine-tuned FFN is what gets split); the module itself is
-    left untouched. predictors default to the checkpoint's and pred_threshold to its sparse_threshold.
-    hot_capacities: per-accelerator row cap for the "gather" hot mode; cold_capacities: cold rows gathered per
-    token; None means no cap (every predicted-active row is computed). max_gather_rows: see
-    pijax.model.hybrid_ffn (None: half of each block's rows)."""
-    llama: Llama = getattr(model, "module", model)
-    cfg = llama.cfg
-    buckets = list(getattr(buckets, "buckets", buckets))
-    if len(buckets) != cfg.n_layer:
-        raise DataError(f"the index has {len(buckets)} layers, the model has {cfg.n_layer}")
-    ckpt = getattr(model, "checkpoint", None)
-    if source == "predictor":
-        if predictors is None:
-            predictors = None if ckpt is None else ckpt.weights.predictors
-        if predictors is None:
-            raise ConfigError("mask source 'predictor' needs predictors (the model file has none)")
-        if pred_threshold is None:
-            pred_threshold = 0.0 if ckpt is None else float(ckpt.weights.sparse_threshold)
-    preds = _per_layer(predictors, cfg.n_layer, "predictors") if predictors is not None else [None] * cfg.n_layer
-    thresholds = _per_layer(0.0 if pred_threshold is None else pred_threshold, cfg.n_layer, "predictor thresholds")
-    hot_caps = _per_layer(hot_capacities, cfg.n_layer, "hot capacities")
-    cold_caps = _per_layer(cold_capacities, cfg.n_layer, "cold capacities")
-    dtype = llama.dtype
-    repl, host = placement.replicated, placement.host  # arrays built on the host device, then moved
-
-    blocks, colds, n_hot = [], [], []
-    stub_cfg = cfg.replace(n_ff=1)
-    for i, src_block in enumerate(llama.layers):
-        lw = _layer_weights(src_block)
-        packed: PackedLayer = pack_layer(lw.up, lw.gate, lw.down_t, buckets[i], layer=i)
-        stub = dataclasses.replace(
-            lw,
-            up=np.zeros((1, cfg.n_embd)),
-            gate=None if lw.gate is None else np.zeros((1, cfg.n_embd)),
-            down_t=np.zeros((1, cfg.n_embd)),
-        )
-        with jax.default_device(host):
-            block = Block(stub_cfg, stub, rngs=nnx.Rngs(0), dtype=dtype)
-            pred = None
-            if source == "predictor":
-                p = preds[i]
-                pred = p if isinstance(p, Predictor) else Predictor.from_weights(p, dtype=dtype)
-                pred = place(nnx.clone(pred), repl)
-        for sub in (block.attn, block.attn_norm, block.ffn_norm):
-            place(sub, repl)
-        block.ffn = HybridFFN(
-            cfg,
-            packed,
-            placement,
-            source=source,
-            predictor=pred,
-            pred_threshold=float(thresholds[i]),
-            hot_mode=hot_mode,
-            hot_capacity=hot_caps[i],
-            cold_capacity=cold_caps[i],
-            max_gather_rows=max_gather_rows,
-            dtype=dtype,
-        )
-        blocks.append(block)
-        colds.append(
-            None
-            if packed.n_cold == 0
-            else ColdFFN(
-                packed,
-                placement.on_host,
-                kind=cfg.ffn_act,
-                source=source,
-                capacity=cold_caps[i],
-                max_gather_rows=max_gather_rows,
-                dtype=dtype,
-            )
-        )
-        n_hot.append(packed.n_hot)
-
-    table = np.asarray(llama.token_embd_vd[...])
-    w_out = table if llama.w_out_vd is None else np.asarray(llama.w_out_vd[...])
-    with jax.default_device(host):
-        head = Head(cfg, np.asarray(llama.output_norm.weight[...]), w_out, dtype=dtype)
-    place(head, repl)
-    return HybridLlama(
-        cfg=cfg,
-        placement=placement,
-        embed_vd=jax.device_put(table, placement.on_host),
-        blocks=blocks,
-        colds=colds,
-        head=head,
-        n_hot=n_hot,
-        source=source,
-        hot_mode=hot_mode,
-        overlap=overlap,
-    )
+from pijax.model.layers import KVCache, init_cache, rope_angles
+from pijax.model.llama import Block
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -399,6 +178,7 @@ class HybridEngine(Engine):
         self.colds = {i: _split(hybrid.colds[i], cfg, ov) for i in split}
         self.hots = {i: _split(hybrid.blocks[i].ffn, cfg, ov) for i in split if hybrid.n_hot[i] > 0}
         self._zeros: dict[tuple[int, int], jax.Array] = {}
+        self.timer: dict[str, float] | None = None  # seconds per part, when profiling (pijax.engine.profile)
         self._caches: dict[tuple[int, int], Any] = {}
         self._key: tuple[Any, Any] = (None, None)  # (the caller's key, its replicated copy)
 
@@ -413,33 +193,48 @@ class HybridEngine(Engine):
     def _pass(self, variant: str, x, cache, pos, n_valid=None, key=None, sampling=None):
         """Run every stage on x (replicated on the accelerators); returns the final call's outputs, with the
         per-stage caches joined into one list."""
-        repl, on_host = self.placement.replicated, self.placement.on_host
+        repl = self.placement.replicated
         cold, caches = self._zero_input(x.shape[0], x.shape[1]), []
         for s, (lo, hi) in enumerate(self.bounds):
             st, leaves = self.stages[s]
             cs = None if cache is None else cache[lo:hi]
             if s == len(self.bounds) - 1:
-                out = _final_call(st, variant, sampling, leaves, cs, x, cold, pos, n_valid, key)
+                out = self._run(
+                    "accelerators", _final_call, st, variant, sampling, leaves, cs, x, cold, pos, n_valid, key
+                )
                 if variant == "forward":
                     return to_local(out)
                 caches.extend(out[2])
                 return (*to_local(out[:2]), caches, *out[3:])
             layer = hi - 1
             if st.overlap:
-                h, hn, logits, to_host, cs = _mid_call(st, leaves, cs, x, cold, pos)
-                y = _cold_call(*self.colds[layer], jax.device_put(to_local(to_host), on_host))
-                x = _hot_call(*self.hots[layer], h, hn, logits) if layer in self.hots else h
+                h, hn, logits, to_host, cs = self._run("accelerators", _mid_call, st, leaves, cs, x, cold, pos)
+                y = self._run("FFN cold", _cold_call, *self.colds[layer], self._to_host(to_host))
+                x = self._run("FFN hot", _hot_call, *self.hots[layer], h, hn, logits) if layer in self.hots else h
             else:
-                x, to_host, cs = _mid_call(st, leaves, cs, x, cold, pos)
-                y = _cold_call(*self.colds[layer], jax.device_put(to_local(to_host), on_host))
-            cold = to_mesh(y, repl)
+                x, to_host, cs = self._run("accelerators", _mid_call, st, leaves, cs, x, cold, pos)
+                y = self._run("FFN cold", _cold_call, *self.colds[layer], self._to_host(to_host))
+            cold = self._run("transfer", to_mesh, y, repl)
             if cs is not None:
                 caches.extend(cs)
         raise AssertionError("unreachable")
 
     def _embed_tokens(self, tokens_bt: Any) -> jax.Array:
         tok = jax.device_put(to_local(tokens_bt), self.placement.on_host)
-        return to_mesh(_embed_call(self.hybrid.embed_vd, tok), self.placement.replicated)
+        x = self._run("embedding", _embed_call, self.hybrid.embed_vd, tok)
+        return self._run("transfer", to_mesh, x, self.placement.replicated)
+
+    def _to_host(self, x: jax.Array) -> jax.Array:
+        return self._run("transfer", jax.device_put, to_local(x), self.placement.on_host)
+
+    def _run(self, part: str, fn: Any, *args: Any) -> Any:
+        """fn(*args); with a timer set (pijax.engine.profile), waited for and its time added to `part`."""
+        if self.timer is None:
+            return fn(*args)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        self.timer[part] = self.timer.get(part, 0.0) + time.perf_counter() - t0
+        return out
 
     def new_cache(self, batch: int, n_cache: int) -> KVCache:
         """An all-zero KV cache, replicated over the accelerators."""

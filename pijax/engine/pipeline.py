@@ -21,14 +21,16 @@ from typing import Any
 import jax
 import numpy as np
 
+from pijax.engine.hybrid import build_hybrid
+from pijax.engine.hybrid_engine import HybridEngine
+from pijax.engine.hybrid_ffn import HotMode, MaskSource
+from pijax.engine.setup import Backend, setup_engine
 from pijax.errors import ConfigError
 from pijax.index import BudgetPlan, GpuIndex, IndexConfig, get_or_build_index, hot_share, plan_budget
 from pijax.layout.capacity import Capacities, calibrate_capacities
 from pijax.layout.config import HardwareConfig
 from pijax.layout.devices import Placement, setup_devices
 from pijax.layout.memory import ResidentReport, engine_temp_bytes
-from pijax.model.hybrid import HybridEngine, build_hybrid
-from pijax.model.hybrid_ffn import HotMode, MaskSource
 
 log = logging.getLogger("pijax.layout")
 
@@ -68,7 +70,8 @@ class HybridSetup:
             f"gpuidx: {self.index_path} ({self.index_reason})",
             f"hot neurons per layer: {h.n_hot} of {h.cfg.n_ff} ({100 * h.hot_fraction:.1f}%), "
             f"hot share of profiled activations {100 * self.hot_share:.1f}%",
-            f"mask source {h.source}, hot part {h.hot_mode}, overlap {'on' if h.overlap else 'off'}",
+            f"mask source {h.source}, hot part {h.hot_mode}, overlap {'on' if h.overlap else 'off'}, "
+            f"FFN rows on {h.backends()}",
         ]
         if self.capacities is not None:
             lines.append(f"capacities: hot per shard {self.capacities.hot_per_shard}, cold {self.capacities.cold}")
@@ -101,17 +104,22 @@ def prepare_hybrid(
     seq_len: int = 128,
     n_ctx: int | None = None,
     capacity_quantile: float | None = 1.0,
+    backend: Backend = "auto",
 ) -> HybridSetup:
     """Build a budget-checked hybrid engine for `model` (a pijax Model loaded from a GGUF file).
 
     stats: ActivationStats (or anything with `.counts`); None profiles the model now. capacity_quantile: see
-    pijax.layout.capacity (None: no caps, every predicted-active row computed). Raises BudgetError when the
+    pijax.layout.capacity (None: no caps, every predicted-active row computed). backend: where the FFN rows run
+    (pijax.engine.setup): the cold rows on the host's CPU kernels unless "xla", the hot rows too when the
+    accelerators are CPU devices; GPUs run XLA. Raises BudgetError when the
     dense part does not fit (unless index_cfg.allow_all_cold) or the measured resident bytes exceed the budget."""
     hw = hardware or HardwareConfig()
     index_cfg = index_cfg or IndexConfig()
     if index_cfg.disable:
         raise ConfigError("index.disable=true means no FFN split: use the dense engine")
     placement = placement or setup_devices(hw)
+    cold_kernels = setup_engine(backend, "cpu", "hybrid host (cold) FFN") == "kernels"
+    hot_kernels = placement.platform == "cpu" and cold_kernels
     cfg = model.config
     if cfg.ffn_act == "silu":
         raise ConfigError("hybrid execution needs a ReLU-family model (ffn_act relu or drelu), as PowerInfer does")
@@ -121,16 +129,14 @@ def prepare_hybrid(
         raise ConfigError("mask source 'predictor' needs a model file with predictors (blk.N.fc1/fc2)", ckpt.gguf.path)
     ranks = None if preds is None else [p.rank for p in preds]
     n_ctx = cfg.n_ctx if n_ctx is None else min(int(n_ctx), cfg.n_ctx)
-    plan = plan_budget(
-        cfg,
-        budget,
-        weight_dtype=np.dtype(model.module.dtype).name,
-        n_ctx=n_ctx,
-        predictor_ranks=ranks,
-        n_devices=placement.n_accel,
-        rounding="powerinfer" if index_cfg.powerinfer_compat else "exact",
-        allow_all_cold=index_cfg.allow_all_cold,
-    )
+    plan_kw = {
+        "weight_dtype": np.dtype(model.module.dtype).name,
+        "n_ctx": n_ctx,
+        "predictor_ranks": ranks,
+        "n_devices": placement.n_accel,
+        "rounding": "powerinfer" if index_cfg.powerinfer_compat else "exact",
+    }
+    plan = plan_budget(cfg, budget, allow_all_cold=index_cfg.allow_all_cold, **plan_kw)
     windows = None
     if stats is None or (capacity_quantile is not None and source == "predictor"):
         windows = profile_windows(model, corpus_path, seq_len, profile_tokens)
@@ -162,6 +168,8 @@ def prepare_hybrid(
         overlap=resolve_overlap(hw, placement),
         hot_capacities=None if caps is None else caps.hot_per_shard,
         cold_capacities=None if caps is None else caps.cold,
+        hot_kernels=hot_kernels,
+        cold_kernels=cold_kernels,
     )
     engine = HybridEngine(hybrid, n_ctx=n_ctx)
     report = engine.resident_report(plan.budget_bytes)

@@ -1,0 +1,182 @@
+"""What `pijax.Model.sparse(...)` and `pijax.Model.hybrid(...)` build: one selector (which rows), one placement
+(where), one backend (which code computes them).
+
+Selectors (`mode=`):
+- "predictor": the model file's predictors (logit >= the file's sparse threshold): PowerInfer's path.
+- "relu": exact zero-skip for ReLU-family models (a row whose gate product is <= 0 contributes exactly 0).
+- "threshold": SiLU models, |act| > a per-layer cut-off calibrated for `sparsity` on the corpus' training split
+  (pijax.sparsity.thresholds); an approximation, like CATS/TEAL.
+- "oracle": the true activity act != 0 as the selector (exact, the reference for tests; for a SiLU model it
+  keeps every row, so it equals dense).
+Placements: `sparse_model` keeps every row on one device; `hybrid_model` puts the gpuidx's hot rows on the
+accelerator mesh and the cold rows on the host (pijax.engine.pipeline). Backends (pijax.engine.setup): the CPU
+kernels where they win, else XLA (the reference; on GPU, XLA on GPU).
+`sparse_model` never changes the model it is given: it clones the module (the weight arrays are shared).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from flax import nnx
+
+from pijax.engine.setup import Backend, setup_engine
+from pijax.errors import ConfigError
+from pijax.kernels.fast_ffn import KernelFFN
+from pijax.model.llama import Llama
+from pijax.model.sparse_ffn import calibrate_capacities, mask_counts, sparsify
+
+log = logging.getLogger("pijax.engine")
+
+Mode = Literal["predictor", "relu", "threshold", "oracle"]
+MODES: tuple[str, ...] = ("predictor", "relu", "threshold", "oracle")
+# Hybrid selectors and the hybrid FFN's mask source each maps to ("relu" there: every row, inactive ReLU rows
+# skipped exactly, which is the uncapped oracle).
+_HYBRID_SOURCE = {"predictor": "predictor", "relu": "oracle", "oracle": "oracle"}
+
+
+@dataclasses.dataclass
+class SparseSetup:
+    """A sparse module and how it was made."""
+
+    module: Llama
+    mode: str
+    backend: str
+    capacities: list[int] | None
+    act_thresholds: np.ndarray | None
+
+
+def check_mode(mode: str, ffn_act: str, *, hybrid: bool = False) -> None:
+    """ConfigError, one line, when `mode` is unknown or cannot run on this model."""
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r} is not one of {MODES}")
+    if ffn_act == "silu" and mode == "relu":
+        raise ConfigError("mode='relu' skips exact zeros, which a SiLU model never produces; use mode='threshold'")
+    if hybrid and ffn_act == "silu":
+        raise ConfigError(
+            f"a hybrid engine for a SiLU model needs a sparse selector it can place; mode={mode!r} on SiLU selects "
+            "every row, and mode='threshold' runs only on one device (m.sparse(mode='threshold')): relufy the model"
+        )
+    if hybrid and mode == "threshold":
+        raise ConfigError("mode='threshold' runs on one device only (m.sparse); the hybrid engine needs a ReLU model")
+
+
+def _windows(model: Any, corpus_path: str | os.PathLike[str] | None, seq_len: int, tokens: int) -> np.ndarray:
+    from pijax.engine.pipeline import profile_windows
+
+    return profile_windows(model, corpus_path, seq_len, tokens)
+
+
+def sparse_model(
+    model: Any,
+    mode: Mode = "predictor",
+    *,
+    sparsity: float = 0.5,
+    backend: Backend = "auto",
+    capacity_quantile: float | None = None,
+    capacities: Sequence[int] | None = None,
+    pred_threshold: float | None = None,
+    corpus_path: str | os.PathLike[str] | None = None,
+    calibration_tokens: int = 16_384,
+    seq_len: int = 128,
+) -> SparseSetup:
+    """A sparse copy of a pijax Model's module, every row on one device (see the module docstring).
+
+    sparsity: the target share of skipped rows for mode="threshold". capacity_quantile / capacities: a static cap
+    on rows per token (calibrated on the corpus' training split, or given per layer); None: no cap (the result
+    is then exact for "relu" and "oracle"). backend: "auto", "kernels" or "xla"; the kernels run "predictor"
+    and "relu" (threshold and a capped oracle need the dense activations, so they run on XLA)."""
+    cfg = model.config
+    check_mode(mode, cfg.ffn_act)
+    chosen = setup_engine(backend)
+    if mode in ("threshold", "oracle") and chosen == "kernels":
+        if backend == "kernels":
+            raise ConfigError(f"mode={mode!r} needs the dense activations, which the kernels do not compute: use xla")
+        chosen = "xla"
+    module = nnx.clone(model.module)
+    preds = None
+    if mode == "predictor":
+        preds = model.checkpoint.weights.predictors
+        if preds is None:
+            raise ConfigError(
+                f"mode='predictor' needs predictors (blk.N.fc1/fc2); {model.checkpoint.gguf.path} has none"
+            )
+        if pred_threshold is None:
+            pred_threshold = float(model.checkpoint.weights.sparse_threshold)
+    windows = None
+    if mode == "threshold" or (capacity_quantile is not None and capacities is None):
+        windows = _windows(model, corpus_path, seq_len, calibration_tokens)
+    thresholds = None
+    if mode == "threshold":
+        from pijax.sparsity.thresholds import calibrate_thresholds
+
+        thresholds = calibrate_thresholds(model.module, windows, sparsity, progress=False)
+    source = {"relu": "oracle"}.get(mode, mode)
+    if capacities is None and capacity_quantile is not None:
+        counts = mask_counts(
+            model.module,
+            windows,
+            mode=source,
+            predictors=preds,
+            pred_threshold=pred_threshold or 0.0,
+            act_thresholds=thresholds,
+        )
+        capacities = calibrate_capacities(counts, quantile=capacity_quantile, n_ff=cfg.n_ff)
+    if chosen == "kernels" and mode == "relu" and capacities is not None:
+        raise ConfigError("mode='relu' with a capacity runs on xla (the kernels cap by predictor logit only)")
+    if not (chosen == "kernels" and mode == "relu"):  # relu on the kernels: their dense path, zeros skipped
+        sparsify(
+            module,
+            mode=source,
+            capacities=capacities,
+            predictors=preds,
+            pred_threshold=pred_threshold,
+            act_thresholds=thresholds,
+        )
+    if chosen == "kernels":
+        for block in module.layers:
+            block.ffn = KernelFFN.from_ffn(cfg, block.ffn, "f32", skip_inactive=True)
+    log.info("sparse engine: mode %s on %s", mode, chosen)
+    return SparseSetup(module, mode, chosen, None if capacities is None else list(capacities), thresholds)
+
+
+def hybrid_model(
+    model: Any,
+    budget: int | str,
+    *,
+    policy: str = "powerinfer",
+    mode: Mode = "predictor",
+    backend: Backend = "auto",
+    hardware: Any = None,
+    placement: Any = None,
+    index_path: str | os.PathLike[str] | None = None,
+    capacity_quantile: float | None = 1.0,
+    **options: Any,
+) -> Any:
+    """A budget-checked hybrid engine (pijax.engine.pipeline.HybridSetup): the gpuidx's hot rows on the
+    accelerators, the rest on the host. budget: bytes, "2GiB", or "ffn:30%" (the dense part plus 30% of the FFN
+    rows). policy: a gpuidx policy (pijax.index.POLICIES). index_path: where the gpuidx is cached (default next
+    to the model file). options go to `prepare_hybrid` (stats, corpus_path, n_ctx, index_cfg fields...)."""
+    from pijax.engine.pipeline import prepare_hybrid
+    from pijax.index import IndexConfig
+
+    check_mode(mode, model.config.ffn_act, hybrid=True)
+    index_fields = {f.name for f in dataclasses.fields(IndexConfig)}
+    index_kw = {k: options.pop(k) for k in list(options) if k in index_fields}
+    index_cfg = IndexConfig(policy=policy, path=None if index_path is None else os.fspath(index_path), **index_kw)
+    return prepare_hybrid(
+        model,
+        budget,
+        index_cfg=index_cfg,
+        hardware=hardware,
+        placement=placement,
+        source=_HYBRID_SOURCE[mode],
+        backend=backend,
+        capacity_quantile=capacity_quantile if mode == "predictor" else None,
+        **options,
+    )
