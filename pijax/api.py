@@ -165,6 +165,7 @@ def load_model(
     "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.model.convert`)."""
     path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
+    ckpt.config.check_shape(path)
     tokenizer = load_tokenizer(ckpt.metadata, path)
     fmt = check_format(dtype)
     module = load_llama(

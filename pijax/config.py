@@ -38,8 +38,8 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        """A shape that no kernel can run (zero heads, a rope wider than a head, a billion layers from a damaged
-        file's metadata) is one UnsupportedModelError line here, not a ZeroDivisionError or MemoryError later."""
+        """Sizes no model has (zero heads, a billion layers, a nan epsilon: a damaged file's metadata) are one
+        UnsupportedModelError line here, not a ZeroDivisionError or MemoryError later. See also check_shape."""
         from pijax.errors import UnsupportedModelError
         from pijax.validate import InputError, check_choice, check_float, check_int
 
@@ -52,14 +52,21 @@ class ModelConfig:
             check_choice(self.ffn_act, "ffn_act", ("silu", "relu", "drelu"))
         except InputError as e:
             raise UnsupportedModelError(f"model shape: {e.problem}") from None
+
+    def check_shape(self, path: str | os.PathLike[str] | None = None) -> None:
+        """That the heads divide the embedding and the rope fits a head (a model file's shape; derived configs,
+        e.g. a dense stand-in of width 1, need not satisfy it). Raises UnsupportedModelError naming `path`."""
+        from pijax.errors import UnsupportedModelError
+
         if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
             raise UnsupportedModelError(
                 f"model shape: n_embd {self.n_embd}, n_head {self.n_head} and n_head_kv {self.n_head_kv} do not "
-                "divide (n_embd by n_head, n_head by n_head_kv)"
+                "divide (n_embd by n_head, n_head by n_head_kv)",
+                path,
             )
         if self.rope_dim > self.head_dim or self.rope_dim % 2:
             raise UnsupportedModelError(
-                f"model shape: rope_dim {self.rope_dim} must be even and at most the head dim {self.head_dim}"
+                f"model shape: rope_dim {self.rope_dim} must be even and at most the head dim {self.head_dim}", path
             )
 
     @property

@@ -11,6 +11,7 @@ ConfigError line naming the dotted key, so that nothing expensive starts with a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -21,6 +22,9 @@ from pijax.validate import check_bool, check_choice, check_config_value, describ
 
 T = TypeVar("T")
 _NONE = type(None)
+
+
+_type_hints = functools.cache(typing.get_type_hints)
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -75,7 +79,7 @@ def build(cls: type[T], mapping: Mapping[str, Any] | None, *, where: str = "") -
     """Instantiate dataclass `cls` from `mapping`, every value checked (see the module docstring); raises
     ConfigError naming the dotted config key."""
     mapping = dict(mapping or {})
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(mapping) - names, key=str)
     if unknown:

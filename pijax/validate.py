@@ -252,6 +252,12 @@ CONFIG_RANGES: dict[str, Range] = {
     "relufy.eval_interval": POS,
     "relufy.eval_batch": POS,
     "relufy.seed": SEED,
+    "relufy.max_tokens": Range(min=0, max=2**53),  # a training budget in tokens may pass 2**31
+    "relufy.val_windows": NONNEG,
+    "relufy.held_windows": NONNEG,
+    "relufy.checkpoint_every": NONNEG,
+    "relufy.session_steps": NONNEG,
+    "relufy.max_minutes": NONNEG,
     "predictor.ranks": POS,
     "predictor.target_recall": SHARE,
     "predictor.recall_margin": HOLD_OUT,
@@ -307,6 +313,7 @@ CONFIG_RANGES: dict[str, Range] = {
     "bench.sweep_new": POS,
     "bench.size_layers": POS,
     "bench.ffn_repeats": POS,
+    "bench.hybrid_profile_tokens": POS,
     "bench.probe_gb": Range(min=0.0, max=1024.0, min_open=True),
 }
 """The range of every numeric key of the RunConfig (tuples: of each element). tests/test_bad_input.py checks that

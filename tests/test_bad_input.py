@@ -406,3 +406,11 @@ def test_every_message_is_one_printable_line():
     err = PijaxError("a\nb\x00" + "\udc80" * 2000, "/tmp/x\ny")
     msg = one_line(err)
     assert len(msg) < 700 and msg.startswith("/tmp/x\\ny: a\\nb\\x00\\udc80")
+
+
+@pytest.mark.parametrize("budget", ["banana", None, "99999999999999999999999TiB", "ffn:150%", -5])
+def test_hybrid_api_reads_its_budget_before_any_work(budget):
+    m = pijax.load_model(RELU)
+    with pytest.raises(ConfigError, match="budget") as e:
+        m.hybrid(budget=budget)
+    one_line(e.value)

@@ -135,6 +135,7 @@ def test_fuzz_gguf_model(tmp_path_factory, edits):
     path.write_bytes(data)
     try:
         ckpt = load_checkpoint(path)
+        ckpt.config.check_shape(path)  # as load_model does
         tok = Tokenizer.from_metadata(ckpt.metadata, path)
         assert ckpt.config.n_layer == len(ckpt.weights.layers)
         tok.decode(tok.encode("Once upon a time", bos=True))

@@ -5,7 +5,8 @@ generate arguments (issue 15).
   composed config) gets a random value: strings, ints (negative, huge), floats (nan, inf, huge), booleans, null,
   lists, budget-like and interpolation-like strings; and, separately, random override text through Hydra's own
   override parser. The RunConfig is then built; no model runs, so this is validation only.
-- Tokenizer: arbitrary Unicode (lone surrogates included), bytes, None, numbers.
+- Tokenizers (stories260K's SentencePiece, SmolLM2's BPE vocabulary): arbitrary Unicode (lone surrogates
+  included), bytes, None, numbers.
 - generate: on stories260K with at most 3 new tokens; valid sampling settings come from two fixed sets, so that
   jax compiles twice, not once per example.
 
@@ -17,6 +18,7 @@ too). A config that builds is well typed: every value matches its field's type. 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -148,11 +150,36 @@ def build_with(experiment: str, key: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e or "root" for e in EXPERIMENTS])
-@settings(FUZZ, max_examples=80)
+@settings(FUZZ, max_examples=60)
 @given(data=st.data())
 def test_fuzz_config_values(experiment, data):
     key = data.draw(st.sampled_from(leaf_keys(composed(experiment))), label="key")
     build_with(experiment, key, data.draw(VALUES, label="value"))
+
+
+HOSTILE = ["banana", -(2**70), math.nan, None]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e or "root" for e in EXPERIMENTS])
+def test_every_key_of_every_experiment_with_hostile_values(experiment):
+    """Not sampled: every leaf key, each of a string, a huge negative int, nan and null. Counted in the report."""
+    base = OmegaConf.to_container(composed(experiment), resolve=True)
+    keys = leaf_keys(composed(experiment))
+    for key in keys:
+        for value in HOSTILE:
+            mapping = copy.deepcopy(base)
+            node = mapping
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+            try:
+                run_cfg = build_run_config(mapping)
+            except PijaxError as e:
+                assert_one_line(str(e))
+                continue
+            assert well_typed(run_cfg, RunConfig), (key, value)
+    assert len(keys) > 100
 
 
 OVERRIDE_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=16)
@@ -207,6 +234,33 @@ def test_fuzz_tokenizer_encode(model, text, bos):
     assert isinstance(tok.decode(ids), str)
 
 
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory):
+    """SmolLM2's BPE vocabulary (tests/data/vocab, no model weights needed)."""
+    from vocab_data import vocab_metadata
+
+    from pijax.io.vocab import load_tokenizer
+
+    return load_tokenizer(vocab_metadata("smollm", tmp_path_factory.mktemp("vocab")))
+
+
+@settings(FUZZ, max_examples=200)
+@given(
+    text=TEXTS,
+    bos=st.one_of(st.booleans(), st.sampled_from([0, None])),
+    special=st.one_of(st.booleans(), st.just("on")),
+)
+def test_fuzz_bpe_tokenizer_encode(bpe_tokenizer, text, bos, special):
+    try:
+        ids = bpe_tokenizer.encode(text, bos=bos, special=special)
+    except PijaxError as e:
+        assert_one_line(str(e))
+        return
+    assert isinstance(text, str) and isinstance(bos, bool) and isinstance(special, bool)
+    assert all(isinstance(i, int) and i >= 0 for i in ids)
+    assert isinstance(bpe_tokenizer.decode(ids), str)
+
+
 # ---- generate ----------------------------------------------------------------------------------------------------
 
 SAMPLINGS = [(0.0, 0, 1.0), (0.8, 40, 0.95)]
@@ -255,3 +309,25 @@ def test_fuzz_generate_arguments(model, data, sampling, bad):
         assert_one_line(str(e))
         return
     assert len(out.new_ids) <= kwargs["max_new_tokens"] and isinstance(out.text, str)
+
+
+MESSAGES = st.one_of(
+    TEXTS,
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": TEXTS}),
+            st.dictionaries(st.text(max_size=8), TEXTS, max_size=3),
+            TEXTS,
+        ),
+        max_size=3,
+    ),
+)
+
+
+@settings(FUZZ, max_examples=100)
+@given(messages=MESSAGES, max_new_tokens=st.one_of(st.integers(0, 2), GARBAGE))
+def test_fuzz_chat_arguments(model, messages, max_new_tokens):
+    """stories260K has no chat template: every call ends in a PijaxError, and it must be one line."""
+    with pytest.raises(PijaxError) as e:
+        model.chat(messages, max_new_tokens=max_new_tokens)
+    assert_one_line(str(e.value))

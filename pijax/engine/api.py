@@ -164,7 +164,9 @@ def hybrid_model(
     to the model file). options go to `prepare_hybrid` (stats, corpus_path, n_ctx, index_cfg fields...)."""
     from pijax.engine.pipeline import prepare_hybrid
     from pijax.index import IndexConfig
+    from pijax.index.budget import check_budget
 
+    check_budget(budget)  # an unreadable budget is said before the devices are set up
     check_mode(mode, model.config.ffn_act, hybrid=True)
     index_fields = {f.name for f in dataclasses.fields(IndexConfig)}
     index_kw = {k: options.pop(k) for k in list(options) if k in index_fields}

@@ -120,6 +120,12 @@ def ffn_share(budget: str | int | float | None) -> float | None:
     return share
 
 
+def check_budget(budget: str | int | float | None) -> None:
+    """Raise ConfigError now for a budget that cannot be read (relative or absolute), before any work needs it."""
+    if ffn_share(budget) is None:
+        parse_bytes(budget)  # type: ignore[arg-type]
+
+
 def resolve_budget(budget: str | int | float | None, model_cfg: ModelConfig, **plan_kwargs: Any) -> int | str:
     """Bytes for 'ffn:X%' (dense part + X% of all FFN neurons, under plan_budget(**plan_kwargs)); None means
     'ffn:100%'; any other budget is returned unchanged for plan_budget to read."""
