@@ -20,14 +20,20 @@ That is the DATASHEET formula (bandwidths only), kept for the nominal GPU preset
 engine really pays on the machine measured (all terms from the profile; fmt = the weight format):
     G_l    = bytes_per_neuron x hot_l  / gather_gbs[fmt](hot_l / |hot set_l|)          gathered hot rows
     C_l    = bytes_per_neuron x cold_l / host gather_gbs[fmt](cold_l / |cold set_l|)   gathered cold rows
-    S_l    = (call_us + 2 x transfer_latency_us) + transfer_bytes / transfer_gbs    only for a split layer
-    t      = call_us + token_us + dense_bytes / read_gbs[fmt] + sum_l ( layer_us + (G_l (+) C_l) + S_l )
+    S_l    = calls_per_split x call_us + transfers_per_split x transfer_latency_us + transfer_bytes / transfer_gbs
+             only for a split layer
+    t      = calls_per_token x call_us + transfers_per_token x transfer_latency_us + token_us
+             + dense_bytes / read_gbs[fmt] + sum_l ( layer_us + (G_l (+) C_l) + S_l )
 where (+) is + when the profile's accelerator and host share one memory bus (a CPU standing in for both) and
 max otherwise. hot_l / cold_l are the rows the engine computes (a traced token's, or its compiled capacities).
+The call and transfer counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.model.hybrid:
+the embedding call and the last stage per token, a stage call and a host call per split layer, each hand-over
+one device_put each way); change them with the engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -42,6 +48,19 @@ def _rows_per_token(counts: np.ndarray, recall: float, precision: float, n_token
         raise ConfigError(f"recall and precision must be in (0, 1], got {recall}, {precision}")
     tokens = float(n_tokens) if n_tokens else float(max(counts.max(), 1))
     return counts.astype(np.float64) * (recall / precision / tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineCalls:
+    """How many jitted calls and device_puts the engine's decode step makes, per token and per split layer."""
+
+    calls_per_token: int = 2
+    transfers_per_token: int = 2
+    calls_per_split: int = 2
+    transfers_per_split: int = 2
+
+
+ENGINE_CALLS = EngineCalls()
 
 
 def measured_ffn_seconds(
@@ -66,18 +85,22 @@ def measured_ffn_seconds(
 
     g, c = side(hot_rows, hot_size, False), side(cold_rows, cold_size, True)
     ffn = g + c if terms.shared_bus else np.maximum(g, c)
-    hand_over = (terms.call_us + 2 * terms.transfer_latency_us) * 1e-6 + transfer_bytes / (terms.transfer_gbs * 1e9)
+    calls = ENGINE_CALLS
+    hand_over = (calls.calls_per_split * terms.call_us + calls.transfers_per_split * terms.transfer_latency_us) * 1e-6
+    hand_over += transfer_bytes / (terms.transfer_gbs * 1e9)
     split = cold_size > 0
     return terms.layer_us * 1e-6 + ffn + hand_over * split
 
 
 def fixed_token_seconds(hardware: HardwareProfile, dense_bytes: int, weight_format: str = "f32") -> float:
-    """The part of a token that does not depend on the hot sets: the dense read, plus (measured profiles) one
-    call and the per-token overhead."""
+    """The part of a token that does not depend on the hot sets: the dense read, plus (measured profiles) the
+    per-token calls, transfers and overhead."""
     terms = hardware.terms
     if terms is None:
         return dense_bytes / (hardware.accel_bandwidth_gbs * 1e9)
-    return (terms.call_us + terms.token_us) * 1e-6 + dense_bytes / (terms.read_bandwidth(weight_format) * 1e9)
+    calls = ENGINE_CALLS
+    fixed = calls.calls_per_token * terms.call_us + calls.transfers_per_token * terms.transfer_latency_us
+    return (fixed + terms.token_us) * 1e-6 + dense_bytes / (terms.read_bandwidth(weight_format) * 1e9)
 
 
 def layer_costs(

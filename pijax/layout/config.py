@@ -45,7 +45,7 @@ class HardwareConfig:
     coordinator: str = ""
     num_processes: int = 1
     process_id: int = 0
-    cost: Any = None
+    cost: Any = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.platform not in ("auto", "cpu", "gpu"):
@@ -62,5 +62,9 @@ class HardwareConfig:
             raise ConfigError(
                 f"hardware: process_id {self.process_id} is not in [0, num_processes={self.num_processes})"
             )
+        if self.cost is not None:  # a measured profile: every term present and >= 0, else one line
+            from pijax.index.hardware import terms_from_mapping
+
+            terms_from_mapping(self.cost, f"hardware={self.name}")
         if self.num_processes > 1 and not self.coordinator:
             raise ConfigError("hardware.num_processes > 1 needs hardware.coordinator (host:port of process 0)")
