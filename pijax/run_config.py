@@ -52,8 +52,7 @@ def check_budget_syntax(budget: str | None) -> None:
     """A budget that cannot be read ('banana', '-5', 'ffn:150%', a size beyond 2**63 bytes) fails here, one line."""
     if budget is None:
         return
-    from pijax.bench.throughput import ffn_share
-    from pijax.index.budget import parse_bytes
+    from pijax.index.budget import ffn_share, parse_bytes
 
     if ffn_share(budget) is None:
         parse_bytes(budget)

@@ -21,7 +21,8 @@ devices stand in (as `hardware=cpu1` does), and `shared_bus` is set, since both 
 - read_gbs[fmt]: one token through `pijax.kernels.ops.linear` over [N, D] rows in f32, f16, int8 (the routing the
   engine gets), bytes of the matrix / median time; xla_read_gbs: the same through XLA's dot;
 - gather_gbs[fmt][fraction]: one token through `pijax.kernels.ops.sparse_ffn` (ReGLU, every selected row read:
-  skip_inactive off) with `fraction` of the neurons selected at random positions, bytes of the selected up,
+  skip_inactive off) with `fraction` of the neurons selected at random positions (SUBSETS different selections
+  in turn, so that a small one is not served from cache), bytes of the selected up,
   gate and down_t rows / median time; xla_gather_gbs: f32 rows taken with jnp.take and multiplied by XLA.
 Smoke mode uses matrices small enough to sit in cache and few repeats (seconds): its figures are for tests only,
 and the profile says so (`smoke: true`).
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import os
 import platform
 import re
@@ -39,11 +41,12 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 FORMATS = ("f32", "f16", "int8")
+SUBSETS = 8  # different random selections, cycled, so that a small selection is not read from cache every call
 CALL_ARGS = 16  # arrays passed to the call_us probe: about one layer's leaves, as the engine's calls pass
 FULL = {"n": 8192, "d": 2048, "reps": 15, "fractions": (0.02, 0.05, 0.1, 0.25, 0.5, 1.0), "layers": 64}
 SMOKE = {"n": 1024, "d": 256, "reps": 5, "fractions": (0.05, 0.25, 1.0), "layers": 16}
@@ -163,6 +166,19 @@ def measure_transfer(accel: Any, host: Any, size: dict[str, Any]) -> dict[str, f
     return {"transfer_latency_us": t_small * 1e6, "transfer_gbs": gbs}
 
 
+def _cycle(items: list[Any]) -> Iterator[Any]:
+    return itertools.cycle(items)
+
+
+def _selection(rng: Any, n: int, k: int) -> Any:
+    """Logits [1, n] selecting k random rows at threshold 0."""
+    import numpy as np
+
+    logits = np.full((1, n), -1.0, np.float32)
+    logits[0, rng.permutation(n)[:k]] = 1.0
+    return logits
+
+
 def _weights(n: int, d: int, device: Any) -> dict[str, Any]:
     """up, gate, down_t [n, d] per format, on `device`."""
     import jax
@@ -204,10 +220,8 @@ def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -
         table = {}
         for frac in size["fractions"]:
             k = max(1, round(frac * n))
-            logits = np.full((1, n), -1.0, np.float32)
-            logits[0, rng.permutation(n)[:k]] = 1.0
-            lg = jax.device_put(logits, device)
-            t = _median_seconds(lambda: ffn(x, lg, up, gate, down), reps)  # noqa: B023
+            cycle = _cycle([jax.device_put(_selection(rng, n, k), device) for _ in range(SUBSETS)])
+            t = _median_seconds(lambda: ffn(x, next(cycle), up, gate, down), reps)  # noqa: B023
             table[float(frac)] = 3 * k * row_bytes(up) / t / 1e9
         out["gather_gbs"][fmt] = table
     if xla:
@@ -222,8 +236,9 @@ def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -
 
         for frac in size["fractions"]:
             k = max(1, round(frac * n))
-            idx = jax.device_put(np.sort(rng.permutation(n)[:k]).astype(np.int32), device)
-            t = _median_seconds(lambda: take(x, idx, up, gate, down), reps)  # noqa: B023
+            ids = [np.sort(rng.permutation(n)[:k]).astype(np.int32) for _ in range(SUBSETS)]
+            cycle = _cycle([jax.device_put(i, device) for i in ids])
+            t = _median_seconds(lambda: take(x, next(cycle), up, gate, down), reps)  # noqa: B023
             out["xla_gather_gbs"][float(frac)] = 3 * k * 4 * d / t / 1e9
     return out
 
