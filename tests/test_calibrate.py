@@ -79,6 +79,7 @@ def _measured(shared_bus: bool):
         "call_us": 10.0,
         "layer_us": 2.0,
         "token_us": 30.0,
+        "handover_us": 40.0,
         "transfer_latency_us": 5.0,
         "transfer_gbs": 10.0,
         "read_gbs": {"f32": 20.0},
@@ -104,7 +105,7 @@ def test_the_calibrated_formula_charges_calls_gathers_and_the_shared_bus(shared_
     g0 = b / 20e9  # 1 of 1 hot rows: the whole hot set, fraction 1
     bw_cold = np.interp(np.log(1 / 9), np.log([0.1, 1.0]), [5.0, 20.0])
     c0 = b / (bw_cold * 1e9)
-    split = (c.calls_per_split * 10 + c.transfers_per_split * 5) * 1e-6 + xfer / 10e9
+    split = c.handovers_per_split * 40e-6 + xfer / 10e9
     layer0 = 2e-6 + (g0 + c0 if shared_bus else max(g0, c0)) + split
     layer1 = 2e-6 + 10 * b / 20e9
     assert got == pytest.approx(fixed + layer0 + layer1, rel=1e-9)

@@ -16,6 +16,8 @@ devices stand in (as `hardware=cpu1` does), and `shared_bus` is set, since both 
   is one `pijax.kernels.ops.linear` call on 64 x 64 f16 rows and an RMS scaling, so XLA cannot fuse it away;
 - token_us: a decode-like loop as pijax's generate runs it (dispatch the next step, then read the previous token
   back to Python), per step, minus the same step called and waited for alone;
+- handover_us: a chain of split-layer round trips (accelerator call, device_put to the host, host call,
+  device_put back), per extra hand-over: what a split layer adds in dispatch and synchronisation;
 - transfer: device_put accelerator -> host -> accelerator of a 1 KiB and a large array: latency from the small
   one, bandwidth from the difference;
 - read_gbs[fmt]: one token through `pijax.kernels.ops.linear` over [N, D] rows in f32, f16, int8 (the routing the
@@ -179,6 +181,34 @@ def _selection(rng: Any, n: int, k: int) -> Any:
     return logits
 
 
+def measure_handover(accel: Any, host: Any, size: dict[str, Any]) -> float:
+    """handover_us: one split layer's round trip, as the engine chains it: a jitted call on the accelerator, its
+    output device_put to the host, a jitted call there, its output put back; (a chain of many - a chain of
+    one) / the extra hand-overs. Each link waits for the previous one, so thread wake-ups are included."""
+    import jax
+    import jax.numpy as jnp
+
+    reps = max(size["reps"] * 4, 20)
+    n_hops = size["layers"]
+    args = [jax.device_put(jnp.full((64,), 0.01 * i, jnp.float32), accel) for i in range(CALL_ARGS)]
+    on_accel = jax.jit(lambda x, ws: jnp.tanh(x * ws[0] + ws[-1]))
+    on_host = jax.jit(lambda x: x * 0.5 + 1.0)
+    x0 = jax.device_put(jnp.ones((64,), jnp.float32), accel)
+
+    def chain(n: int) -> Callable[[], Any]:
+        def run() -> Any:
+            x = x0
+            for _ in range(n):
+                x = jax.device_put(on_host(jax.device_put(on_accel(x, args), host)), accel)
+            return x
+
+        return run
+
+    t_one = _median_seconds(chain(1), reps)
+    t_many = _median_seconds(chain(n_hops), reps)
+    return max(t_many - t_one, 0.0) / (n_hops - 1) * 1e6
+
+
 def _weights(n: int, d: int, device: Any) -> dict[str, Any]:
     """up, gate, down_t [n, d] per format, on `device`."""
     import jax
@@ -259,6 +289,7 @@ def calibrate(*, smoke: bool = False) -> dict[str, Any]:
     }
     cost |= measure_overheads(accel, size)
     cost |= measure_transfer(accel, host, size)
+    cost["handover_us"] = measure_handover(accel, host, size)
     cost |= measure_bandwidths(accel, size)
     if accel.platform != "cpu":  # a real accelerator: the cold rows are gathered by the host CPU
         cost["host_gather_gbs"] = measure_bandwidths(host, size, xla=False)["gather_gbs"]
@@ -330,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"profile: {path}  (use hardware={name} or sweep.simulate_profile={name})")
-    for key in ("call_us", "layer_us", "token_us", "transfer_latency_us", "transfer_gbs"):
+    for key in ("call_us", "layer_us", "token_us", "handover_us", "transfer_latency_us", "transfer_gbs"):
         print(f"  {key:>20}: {cost[key]:.3f}")
     for fmt, gbs in cost["read_gbs"].items():
         gather = ", ".join(f"{f:g}: {v:.1f}" for f, v in cost["gather_gbs"][fmt].items())

@@ -20,15 +20,14 @@ That is the DATASHEET formula (bandwidths only), kept for the nominal GPU preset
 engine really pays on the machine measured (all terms from the profile; fmt = the weight format):
     G_l    = bytes_per_neuron x hot_l  / gather_gbs[fmt](hot_l / |hot set_l|)          gathered hot rows
     C_l    = bytes_per_neuron x cold_l / host gather_gbs[fmt](cold_l / |cold set_l|)   gathered cold rows
-    S_l    = calls_per_split x call_us + transfers_per_split x transfer_latency_us + transfer_bytes / transfer_gbs
-             only for a split layer
+    S_l    = handovers_per_split x handover_us + transfer_bytes / transfer_gbs      only for a split layer
     t      = calls_per_token x call_us + transfers_per_token x transfer_latency_us + token_us
              + dense_bytes / read_gbs[fmt] + sum_l ( layer_us + (G_l (+) C_l) + S_l )
 where (+) is + when the profile's accelerator and host share one memory bus (a CPU standing in for both) and
 max otherwise. hot_l / cold_l are the rows the engine computes (a traced token's, or its compiled capacities).
 The call and transfer counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.model.hybrid:
-the embedding call and the last stage per token, a stage call and a host call per split layer, each hand-over
-one device_put each way); change them with the engine.
+the embedding call and the last stage per token with a device_put each way, and one hand-over - a stage call,
+a host call, a device_put each way - per split layer); change them with the engine.
 """
 
 from __future__ import annotations
@@ -56,8 +55,7 @@ class EngineCalls:
 
     calls_per_token: int = 2
     transfers_per_token: int = 2
-    calls_per_split: int = 2
-    transfers_per_split: int = 2
+    handovers_per_split: int = 1
 
 
 ENGINE_CALLS = EngineCalls()
@@ -86,8 +84,7 @@ def measured_ffn_seconds(
     g, c = side(hot_rows, hot_size, False), side(cold_rows, cold_size, True)
     ffn = g + c if terms.shared_bus else np.maximum(g, c)
     calls = ENGINE_CALLS
-    hand_over = (calls.calls_per_split * terms.call_us + calls.transfers_per_split * terms.transfer_latency_us) * 1e-6
-    hand_over += transfer_bytes / (terms.transfer_gbs * 1e9)
+    hand_over = calls.handovers_per_split * terms.handover_us * 1e-6 + transfer_bytes / (terms.transfer_gbs * 1e9)
     split = cold_size > 0
     return terms.layer_us * 1e-6 + ffn + hand_over * split
 

@@ -21,7 +21,7 @@ from pijax.errors import ConfigError
 
 WEIGHT_FORMATS = ("f32", "f16", "int8")
 # Scalar terms of a measured profile (microseconds or GB/s), every one required and >= 0 (bandwidths > 0).
-SCALAR_TERMS = ("call_us", "layer_us", "token_us", "transfer_latency_us", "transfer_gbs")
+SCALAR_TERMS = ("call_us", "layer_us", "token_us", "handover_us", "transfer_latency_us", "transfer_gbs")
 META_TERMS = ("date", "host", "cpu_model", "device_kind")
 
 
@@ -32,6 +32,7 @@ class MeasuredTerms:
     call_us: fixed cost of one jitted call (dispatch + synchronisation, nothing computed);
     layer_us: extra cost of each layer inside one jitted step (many tiny layers);
     token_us: what a decode step costs beyond its call: the sampled token back to the host and into the next step;
+    handover_us: one split layer's round trip (accelerator call -> host -> host call -> back), chained;
     transfer_latency_us / transfer_gbs: one device_put between the accelerator and the host device;
     read_gbs[fmt]: streaming read bandwidth of a dense matvec over rows of that format (pijax.kernels.ops.linear);
     gather_gbs[fmt][fraction]: bandwidth of gathered rows (up, gate, down_t of the selected neurons,
@@ -48,6 +49,7 @@ class MeasuredTerms:
     call_us: float
     layer_us: float
     token_us: float
+    handover_us: float
     transfer_latency_us: float
     transfer_gbs: float
     read_gbs: dict[str, float]
