@@ -101,11 +101,11 @@ def test_the_calibrated_formula_charges_calls_gathers_and_the_shared_bus(shared_
         trace, [np.array([0]), np.arange(10)], hw, bytes_per_neuron=b, transfer_bytes=xfer, dense_bytes=dense
     )
     c = ENGINE_CALLS
-    fixed = (c.calls_per_token * 10 + c.transfers_per_token * 5 + 30) * 1e-6 + dense / 20e9
+    fixed = (c.handovers_per_token * 40 + c.calls_per_token * 10 + 30) * 1e-6 + dense / 20e9
     g0 = b / 20e9  # 1 of 1 hot rows: the whole hot set, fraction 1
     bw_cold = np.interp(np.log(1 / 9), np.log([0.1, 1.0]), [5.0, 20.0])
     c0 = b / (bw_cold * 1e9)
-    split = c.handovers_per_split * 40e-6 + xfer / 10e9
+    split = (c.handovers_per_split * 40 + c.calls_per_split * 10) * 1e-6 + xfer / 10e9
     layer0 = 2e-6 + (g0 + c0 if shared_bus else max(g0, c0)) + split
     layer1 = 2e-6 + 10 * b / 20e9
     assert got == pytest.approx(fixed + layer0 + layer1, rel=1e-9)

@@ -20,14 +20,16 @@ That is the DATASHEET formula (bandwidths only), kept for the nominal GPU preset
 engine really pays on the machine measured (all terms from the profile; fmt = the weight format):
     G_l    = bytes_per_neuron x hot_l  / gather_gbs[fmt](hot_l / |hot set_l|)          gathered hot rows
     C_l    = bytes_per_neuron x cold_l / host gather_gbs[fmt](cold_l / |cold set_l|)   gathered cold rows
-    S_l    = handovers_per_split x handover_us + transfer_bytes / transfer_gbs      only for a split layer
-    t      = calls_per_token x call_us + transfers_per_token x transfer_latency_us + token_us
+    S_l    = handovers_per_split x handover_us + calls_per_split x call_us + transfer_bytes / transfer_gbs
+             only for a split layer
+    t      = handovers_per_token x handover_us + calls_per_token x call_us + token_us
              + dense_bytes / read_gbs[fmt] + sum_l ( layer_us + (G_l (+) C_l) + S_l )
 where (+) is + when the profile's accelerator and host share one memory bus (a CPU standing in for both) and
 max otherwise. hot_l / cold_l are the rows the engine computes (a traced token's, or its compiled capacities).
-The call and transfer counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.model.hybrid:
-the embedding call and the last stage per token with a device_put each way, and one hand-over - a stage call,
-a host call, a device_put each way - per split layer); change them with the engine.
+The counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.model.hybrid): per token one
+hand-over (the last stage's token to the host, the embedding call there, the row back to the accelerators), per
+split layer one hand-over (a stage call, a device_put, the host call, a device_put back); `calls_*` count extra
+calls (with `overlap`, the hot part's own call: calls_per_split = 1). Change them with the engine.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ def _rows_per_token(counts: np.ndarray, recall: float, precision: float, n_token
 class EngineCalls:
     """How many jitted calls and device_puts the engine's decode step makes, per token and per split layer."""
 
-    calls_per_token: int = 2
-    transfers_per_token: int = 2
+    handovers_per_token: int = 1
+    calls_per_token: int = 0
     handovers_per_split: int = 1
+    calls_per_split: int = 0
 
 
 ENGINE_CALLS = EngineCalls()
@@ -84,7 +87,8 @@ def measured_ffn_seconds(
     g, c = side(hot_rows, hot_size, False), side(cold_rows, cold_size, True)
     ffn = g + c if terms.shared_bus else np.maximum(g, c)
     calls = ENGINE_CALLS
-    hand_over = calls.handovers_per_split * terms.handover_us * 1e-6 + transfer_bytes / (terms.transfer_gbs * 1e9)
+    hand_over = (calls.handovers_per_split * terms.handover_us + calls.calls_per_split * terms.call_us) * 1e-6
+    hand_over += transfer_bytes / (terms.transfer_gbs * 1e9)
     split = cold_size > 0
     return terms.layer_us * 1e-6 + ffn + hand_over * split
 
@@ -96,7 +100,7 @@ def fixed_token_seconds(hardware: HardwareProfile, dense_bytes: int, weight_form
     if terms is None:
         return dense_bytes / (hardware.accel_bandwidth_gbs * 1e9)
     calls = ENGINE_CALLS
-    fixed = calls.calls_per_token * terms.call_us + calls.transfers_per_token * terms.transfer_latency_us
+    fixed = calls.handovers_per_token * terms.handover_us + calls.calls_per_token * terms.call_us
     return (fixed + terms.token_us) * 1e-6 + dense_bytes / (terms.read_bandwidth(weight_format) * 1e9)
 
 
