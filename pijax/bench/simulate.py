@@ -17,9 +17,11 @@ normed input to the host and the cold output back); dense_read_bytes = attention
 weights plus the KV cache read at the mean decode position. VRAM = pijax.index.plan_budget's dense part plus
 (bytes_per_neuron + 4) per hot neuron. `cost_model.predicted_token_seconds` computes t_n for one token's mask.
 
-What it leaves out (so where it is optimistic): kernel-launch and dispatch overhead per call, compute limits,
-caches, the gather's extra copy, and on a CPU "accelerator" the fact that both sides share one memory bus (there
-max(G, C) should really be G + C). Its error against measured CPU runs is stated in experiments/simulate/README.md.
+With a DATASHEET preset it leaves out (so where it is optimistic): kernel-launch and dispatch overhead per call,
+compute limits, caches, the gather's extra copy, and on a CPU "accelerator" the fact that both sides share one
+memory bus. A MEASURED profile (pijax.bench.calibrate, `measured_<host>`) adds those terms: per-call and
+per-layer overhead, the per-token overhead, gather bandwidth by selected fraction and weight format, and G + C on
+a shared bus (formula in pijax.index.cost_model). Errors against measured runs: experiments/simulate/README.md.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,8 +184,10 @@ def simulate_seconds(
     bytes_per_neuron: int,
     transfer_bytes: int,
     dense_bytes: int,
+    weight_format: str = "f32",
 ) -> float:
-    """Mean over the trace's tokens of the cost model's seconds per token for these hot sets (module docstring)."""
+    """Mean over the trace's tokens of the cost model's seconds per token for these hot sets (module docstring;
+    a measured profile uses the calibrated formula of pijax.index.cost_model)."""
     if len(buckets) != trace.masks.shape[1]:
         raise DataError(f"{len(buckets)} hot sets for a trace of {trace.masks.shape[1]} layers")
     total = 0.0
@@ -197,6 +202,7 @@ def simulate_seconds(
             bytes_per_neuron=bytes_per_neuron,
             transfer_bytes=transfer_bytes,
             dense_bytes=dense_bytes,
+            weight_format=weight_format,
         )
     return total / trace.n_tokens
 
@@ -294,6 +300,7 @@ def simulate_curves(
                 bytes_per_neuron=plan.bytes_per_neuron,
                 transfer_bytes=transfer_bytes(model_cfg),
                 dense_bytes=dense_bytes,
+                weight_format=weight_dtype,
             )
             rows.append(
                 {
@@ -372,3 +379,76 @@ def plot_simulated(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def point_errors(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per sweep point (the newest row per model, source, hardware, policy, budget and profile; smoke rows only
+    when there is nothing else): measured decode tok/s, each sim_<profile>_* prediction and its error."""
+    real = [r for r in rows if str(r.get("smoke", "False")).lower() in ("false", "0", "")]
+    latest: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in real or list(rows):
+        for col in r:
+            m = re.fullmatch(r"sim_(.+?)_decode_tok_s", col)
+            if not m or m.group(1).endswith("_capacity") or r.get(col) in (None, ""):
+                continue
+            profile = m.group(1)
+            key = (*(str(r.get(k, "")) for k in ("model", "source", "hardware", "policy", "budget")), profile)
+            latest[key] = {"row": r, "profile": profile}
+    out = []
+    for (model, _, _, policy, budget, profile), item in latest.items():
+        r = item["row"]
+        measured = float(r["decode_tok_s"])
+        pred = float(r[f"sim_{profile}_decode_tok_s"])
+        cap = r.get(f"sim_{profile}_capacity_decode_tok_s")
+        cap_pred = float(cap) if cap not in (None, "") else math.nan
+        out.append(
+            {
+                "model": model,
+                "policy": policy,
+                "budget": budget,
+                "profile": profile,
+                "measured_tok_s": measured,
+                "predicted_tok_s": pred,
+                "error": pred / measured - 1.0,
+                "capacity_predicted_tok_s": cap_pred,
+                "capacity_error": cap_pred / measured - 1.0,
+            }
+        )
+    return out
+
+
+def check_table_markdown(csv_path: str | os.PathLike[str], limit: float = 0.25) -> str:
+    """The README's table: predicted against measured decode tok/s per sweep point, with the error, and a
+    summary line per model and profile (points within +-limit)."""
+    from pijax.results import read_results_csv
+
+    if not Path(csv_path).is_file():
+        raise DataError("no sweep results to check", csv_path)
+    points = point_errors(read_results_csv(csv_path))
+    if not points:
+        raise DataError("no row carries a sim_<profile>_decode_tok_s column", csv_path)
+    lines = [
+        "| model | profile | policy | budget | measured tok/s | predicted (traced rows) | error "
+        "| predicted (compiled capacities) | error |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        cap = p["capacity_predicted_tok_s"]
+        cap_txt = "-" if math.isnan(cap) else f"{cap:,.1f} | {100 * p['capacity_error']:+.0f}%"
+        lines.append(
+            f"| {p['model']} | {p['profile']} | {p['policy']} | {p['budget']} | {p['measured_tok_s']:,.1f} "
+            f"| {p['predicted_tok_s']:,.1f} | {100 * p['error']:+.0f}% | {cap_txt}{' | -' if math.isnan(cap) else ''} |"
+        )
+    lines.append("")
+    for model, profile in dict.fromkeys((p["model"], p["profile"]) for p in points):
+        mine = [p for p in points if p["model"] == model and p["profile"] == profile]
+        for col in ("error", "capacity_error"):
+            errs = [p[col] for p in mine if math.isfinite(p[col])]
+            if errs:
+                ok = sum(abs(e) <= limit for e in errs)
+                lines.append(
+                    f"- {model} on `{profile}` ({col.replace('_', ' ')}): {ok}/{len(errs)} points within "
+                    f"+-{100 * limit:.0f}%, median {100 * float(np.median(errs)):+.0f}%, "
+                    f"max abs {100 * max(abs(e) for e in errs):.0f}%"
+                )
+    return "\n".join(lines)

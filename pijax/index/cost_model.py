@@ -14,16 +14,33 @@ count), so each layer chooses a number of groups (groups as in `pijax.index.poli
 final partial group charged in full). The layers' choices are coupled only through the capacity, and a dynamic
 programme over (layer, groups used) finds the exact optimum in O(n_layer x groups_per_layer x capacity_groups).
 Leaving capacity unused is allowed: past the balance point G_l > C_l, extra hot rows only slow the layer.
+
+That is the DATASHEET formula (bandwidths only), kept for the nominal GPU presets. A MEASURED profile
+(`hardware.terms`, written by pijax.bench.calibrate) switches to the calibrated formula, which charges what the
+engine really pays on the machine measured (all terms from the profile; fmt = the weight format):
+    G_l    = bytes_per_neuron x hot_l  / gather_gbs[fmt](hot_l / |hot set_l|)          gathered hot rows
+    C_l    = bytes_per_neuron x cold_l / host gather_gbs[fmt](cold_l / |cold set_l|)   gathered cold rows
+    S_l    = handovers_per_split x handover_us + calls_per_split x call_us + transfer_bytes / transfer_gbs
+             only for a split layer
+    t      = handovers_per_token x handover_us + calls_per_token x call_us + token_us
+             + dense_bytes / read_gbs[fmt] + sum_l ( layer_us + (G_l (+) C_l) + S_l )
+where (+) is + when the profile's accelerator and host share one memory bus (a CPU standing in for both) and
+max otherwise. hot_l / cold_l are the rows the engine computes (a traced token's, or its compiled capacities).
+The counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.model.hybrid): per token one
+hand-over (the last stage's token to the host, the embedding call there, the row back to the accelerators), per
+split layer one hand-over (a stage call, a device_put, the host call, a device_put back); `calls_*` count extra
+calls (with `overlap`, the hot part's own call: calls_per_split = 1). Change them with the engine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from pijax.errors import ConfigError
-from pijax.index.hardware import HardwareProfile
+from pijax.index.hardware import HardwareProfile, MeasuredTerms
 from pijax.index.policies import descending_order, group_sums, register_policy, top_k_per_layer
 
 
@@ -32,6 +49,59 @@ def _rows_per_token(counts: np.ndarray, recall: float, precision: float, n_token
         raise ConfigError(f"recall and precision must be in (0, 1], got {recall}, {precision}")
     tokens = float(n_tokens) if n_tokens else float(max(counts.max(), 1))
     return counts.astype(np.float64) * (recall / precision / tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineCalls:
+    """How many jitted calls and device_puts the engine's decode step makes, per token and per split layer."""
+
+    handovers_per_token: int = 1
+    calls_per_token: int = 0
+    handovers_per_split: int = 1
+    calls_per_split: int = 0
+
+
+ENGINE_CALLS = EngineCalls()
+
+
+def measured_ffn_seconds(
+    terms: MeasuredTerms,
+    hot_rows: np.ndarray,
+    cold_rows: np.ndarray,
+    hot_size: np.ndarray,
+    cold_size: np.ndarray,
+    *,
+    weight_format: str,
+    bytes_per_neuron: int,
+    transfer_bytes: int,
+) -> np.ndarray:
+    """Calibrated seconds of FFN layers (elementwise over arrays of equal shape): layer_us + (G (+) C) + S."""
+    hot_rows, cold_rows = np.asarray(hot_rows, np.float64), np.asarray(cold_rows, np.float64)
+    hot_size, cold_size = np.asarray(hot_size, np.float64), np.asarray(cold_size, np.float64)
+
+    def side(rows: np.ndarray, size: np.ndarray, host: bool) -> np.ndarray:
+        frac = np.divide(rows, size, out=np.ones_like(rows), where=size > 0)
+        bw = np.vectorize(lambda f: terms.gather_bandwidth(weight_format, f, host=host), otypes=[np.float64])(frac)
+        return bytes_per_neuron * rows / (bw * 1e9)
+
+    g, c = side(hot_rows, hot_size, False), side(cold_rows, cold_size, True)
+    ffn = g + c if terms.shared_bus else np.maximum(g, c)
+    calls = ENGINE_CALLS
+    hand_over = (calls.handovers_per_split * terms.handover_us + calls.calls_per_split * terms.call_us) * 1e-6
+    hand_over += transfer_bytes / (terms.transfer_gbs * 1e9)
+    split = cold_size > 0
+    return terms.layer_us * 1e-6 + ffn + hand_over * split
+
+
+def fixed_token_seconds(hardware: HardwareProfile, dense_bytes: int, weight_format: str = "f32") -> float:
+    """The part of a token that does not depend on the hot sets: the dense read, plus (measured profiles) the
+    per-token calls, transfers and overhead."""
+    terms = hardware.terms
+    if terms is None:
+        return dense_bytes / (hardware.accel_bandwidth_gbs * 1e9)
+    calls = ENGINE_CALLS
+    fixed = calls.handovers_per_token * terms.handover_us + calls.calls_per_token * terms.call_us
+    return (fixed + terms.token_us) * 1e-6 + dense_bytes / (terms.read_bandwidth(weight_format) * 1e9)
 
 
 def layer_costs(
@@ -44,6 +114,7 @@ def layer_costs(
     n_tokens: int | None,
     bytes_per_neuron: int,
     transfer_bytes: int,
+    weight_format: str = "f32",
 ) -> np.ndarray:
     """`[n_layer, n_groups + 1]` seconds per token of each layer's FFN with its top j groups hot (j = 0..n_groups)."""
     rows = _rows_per_token(counts, recall, precision, n_tokens)
@@ -51,6 +122,19 @@ def layer_costs(
     sums = group_sums(rows, order, group_size)
     hot = np.concatenate([np.zeros((sums.shape[0], 1)), np.cumsum(sums, axis=1)], axis=1)
     cold = hot[:, -1:] - hot
+    if hardware.terms is not None:
+        n_ff = counts.shape[1]
+        hot_size = np.minimum(np.arange(sums.shape[1] + 1) * group_size, n_ff)[None, :].repeat(len(hot), 0)
+        return measured_ffn_seconds(
+            hardware.terms,
+            hot,
+            cold,
+            hot_size,
+            n_ff - hot_size,
+            weight_format=weight_format,
+            bytes_per_neuron=bytes_per_neuron,
+            transfer_bytes=transfer_bytes,
+        )
     accel = bytes_per_neuron * hot / (hardware.accel_bandwidth_gbs * 1e9)
     host = bytes_per_neuron * cold / (hardware.host_bandwidth_gbs * 1e9)
     sync = hardware.sync_us_per_layer * 1e-6 + transfer_bytes / (hardware.pcie_gbs * 1e9)
@@ -95,6 +179,7 @@ def cost_model_policy(
     n_tokens: int | None = None,
     bytes_per_neuron: int = 3 * 4096 * 2,
     transfer_bytes: int = 0,
+    weight_format: str = "f32",
 ) -> list[np.ndarray]:
     """Hot sets maximising predicted tokens/s (objective in the module docstring). n_tokens defaults to max count."""
     if hardware is None:
@@ -111,6 +196,7 @@ def cost_model_policy(
         n_tokens=n_tokens,
         bytes_per_neuron=bytes_per_neuron,
         transfer_bytes=transfer_bytes,
+        weight_format=weight_format,
     )
     groups = allocate_groups(costs, capacity // g)
     return top_k_per_layer(descending_order(counts), np.minimum(groups * g, counts.shape[1]))
@@ -127,11 +213,26 @@ def predicted_token_seconds(
     bytes_per_neuron: int = 3 * 4096 * 2,
     transfer_bytes: int = 0,
     dense_bytes: int = 0,
+    weight_format: str = "f32",
     **_: Any,
 ) -> float:
     """The cost model's t (module docstring) for any hot sets; simulated, not measured."""
     rows = _rows_per_token(np.asarray(counts), recall, precision, n_tokens)
-    total = dense_bytes / (hardware.accel_bandwidth_gbs * 1e9)
+    total = fixed_token_seconds(hardware, dense_bytes, weight_format)
+    if hardware.terms is not None:
+        hot = np.array([rows[layer, ids].sum() for layer, ids in enumerate(buckets)])
+        size = np.array([len(ids) for ids in buckets])
+        layers = measured_ffn_seconds(
+            hardware.terms,
+            hot,
+            rows.sum(axis=1) - hot,
+            size,
+            rows.shape[1] - size,
+            weight_format=weight_format,
+            bytes_per_neuron=bytes_per_neuron,
+            transfer_bytes=transfer_bytes,
+        )
+        return float(total + layers.sum())
     sync = hardware.sync_us_per_layer * 1e-6 + transfer_bytes / (hardware.pcie_gbs * 1e9)
     for layer, ids in enumerate(buckets):
         hot = rows[layer, ids].sum()

@@ -7,7 +7,7 @@ Hydra's `hardware` group fills it (configs/hardware/*.yaml). This module does no
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from pijax.errors import ConfigError
 
@@ -30,6 +30,8 @@ class HardwareConfig:
       that it runs while the host computes the cold part (None: the measured winner per platform).
     coordinator / num_processes / process_id: jax.distributed, for meshes over several processes or machines
       (coordinator "" = single process).
+    cost: the measured cost-model terms of a `hardware=measured_<host>` profile (pijax.bench.calibrate writes
+      them; pijax.index.hardware reads and checks them); None for the other hardware configs.
     """
 
     name: str = "auto"
@@ -43,6 +45,7 @@ class HardwareConfig:
     coordinator: str = ""
     num_processes: int = 1
     process_id: int = 0
+    cost: Any = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.platform not in ("auto", "cpu", "gpu"):
@@ -59,5 +62,9 @@ class HardwareConfig:
             raise ConfigError(
                 f"hardware: process_id {self.process_id} is not in [0, num_processes={self.num_processes})"
             )
+        if self.cost is not None:  # a measured profile: every term present and >= 0, else one line
+            from pijax.index.hardware import terms_from_mapping
+
+            terms_from_mapping(self.cost, f"hardware={self.name}")
         if self.num_processes > 1 and not self.coordinator:
             raise ConfigError("hardware.num_processes > 1 needs hardware.coordinator (host:port of process 0)")

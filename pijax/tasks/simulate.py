@@ -6,8 +6,10 @@ Profiles the model on the corpus' train split (the counts that choose hot sets),
 the rows the engine computes on held-out text (predicted-active rows when the file has predictors), then runs
 pijax.bench.simulate over profiles x policies x budgets (formula: pijax.bench.simulate's docstring). Writes
 `<results dir>/simulated_<model>.csv` and `.png`, and checks the cost model against this machine: the sweep's
-rows hold, per measured CPU run, the "cpu" profile's prediction for the same hot sets; their relative error
-is printed and written to `<results dir>/cpu_check.csv`. Every figure here is labelled "simulated".
+rows hold, per measured run, the prediction of `sweep.simulate_profile` (the datasheet "cpu" preset or a measured
+`measured_<host>` profile, pijax.bench.calibrate) for the same hot sets; their relative error is printed and
+written to `<results dir>/cpu_check.csv` (per model and profile) and `check.md` (per point). Every figure here is
+labelled "simulated".
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import jax
 from pijax.bench.session import cached, load_bench_model, model_path, text_windows
 from pijax.bench.simulate import (
     SIMULATED,
+    check_table_markdown,
     collect_trace,
     plot_simulated,
+    point_errors,
     prediction_errors,
     resolve_source,
     simulate_curves,
@@ -33,18 +37,19 @@ from pijax.run_config import RunConfig
 SWEEP_RESULTS = Path("experiments") / "sweep_policies" / "results.csv"
 
 
-def cpu_check(csv_path: Path, profile: str = "cpu") -> list[dict[str, Any]]:
-    """Per model: the cost model's relative error (predicted / measured - 1) against measured decode tok/s in a
-    sweep results.csv, with the traced predicted-active rows and (capacity_*) with the engine's gather capacities."""
-    rows = [r for r in read_results_csv(csv_path) if r.get(f"sim_{profile}_decode_tok_s") not in (None, "")]
-    rows = [r for r in rows if r.get("smoke", "False") in ("False", "false", "0", "")]
+def cpu_check(csv_path: Path) -> list[dict[str, Any]]:
+    """Per model and profile (the sweep's `sweep.simulate_profile`: the datasheet "cpu" preset or a measured
+    profile): the cost model's relative error (predicted / measured - 1) against measured decode tok/s in a sweep
+    results.csv, over the newest row per point, with the traced rows and (capacity_*) the compiled capacities."""
+    points = point_errors(read_results_csv(csv_path))
     out = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        err = prediction_errors(mine, "decode_tok_s", f"sim_{profile}_decode_tok_s")
-        cap = prediction_errors(mine, "decode_tok_s", f"sim_{profile}_capacity_decode_tok_s")
+    for model, profile in dict.fromkeys((p["model"], p["profile"]) for p in points):
+        mine = [p for p in points if p["model"] == model and p["profile"] == profile]
+        err = prediction_errors(mine, "measured_tok_s", "predicted_tok_s")
+        cap = prediction_errors(mine, "measured_tok_s", "capacity_predicted_tok_s")
         cap = {f"capacity_{k}": v for k, v in cap.items() if k != "n"}
-        out.append({"model": model, "label": mine[0].get("label", ""), "profile": profile, **err, **cap})
+        within = sum(abs(p["error"]) <= 0.25 for p in mine)
+        out.append({"model": model, "profile": profile, **err, "within_25pct": within, **cap})
     return out
 
 
@@ -111,6 +116,7 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
         check_path.unlink(missing_ok=True)
         write_results_csv(check_path, check)
         Path(str(check_path) + ".lock").unlink(missing_ok=True)
+        (folder / "check.md").write_text(check_table_markdown(check_src) + "\n", encoding="utf-8")
     logger = cfg.logger
     logger = dataclasses.replace(logger, tags=(*logger.tags, *labels))
     with make_tracker(logger, out_dir, f"simulate-{bm.name}", dataclasses.asdict(cfg)) as tracker:
@@ -129,7 +135,7 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
     print(format_table(pivot(rows)))
     print(f"trace: {trace.kind} rows, {trace.n_tokens} tokens, {trace.rows_per_token:.0f} rows/token over all layers")
     if check:
-        print(f"\n=== cost model ('cpu' profile) against measured CPU decode tok/s ({check_src}) ===")
+        print(f"\n=== cost model against measured decode tok/s per profile ({check_src}; per point: check.md) ===")
         print(format_table(check))
     print(f"\nresults: {csv_path}\nplot:    {png}")
     return float(max(r["sim_decode_tok_s"] for r in rows))

@@ -1,0 +1,373 @@
+"""Calibration: micro-benchmarks that measure the cost model's terms on this machine and write a profile.
+
+    python -m pijax.bench.calibrate [--smoke] [--out DIR] [--name NAME]
+    python -m pijax.bench.calibrate --check experiments/sweep_policies/results.csv
+
+writes `<DIR or configs/hardware>/measured_<host>.yaml`, a `hardware=measured_<host>` config (the device roles
+of `auto` plus a `cost:` block that pijax.index.hardware checks and the cost model reads; the terms are
+documented in `pijax.index.hardware.MeasuredTerms`). `--check` prints, per sweep point, the measured decode
+tok/s against the sim_* prediction logged beside it, with the error (the table of experiments/simulate/README.md).
+
+The accelerator is jax's first device and the host its CPU device; on a CPU-only machine two virtual CPU
+devices stand in (as `hardware=cpu1` does), and `shared_bus` is set, since both are the same memory. Methods:
+- call_us: median of a jitted call taking CALL_ARGS small arrays (about one layer's leaves), dispatched and
+  waited for;
+- layer_us: (a jitted step of many tiny layers - the same step of one layer) / the extra layers; a tiny layer
+  is one `pijax.kernels.ops.linear` call on 64 x 64 f16 rows and an RMS scaling, so XLA cannot fuse it away;
+- token_us: a decode-like loop as pijax's generate runs it (dispatch the next step, then read the previous token
+  back to Python), per step, minus the same step called and waited for alone;
+- handover_us: a chain of split-layer round trips (accelerator call, device_put to the host, host call,
+  device_put back), per extra hand-over: what a split layer adds in dispatch and synchronisation;
+- transfer: device_put accelerator -> host -> accelerator of a 1 KiB and a large array: latency from the small
+  one, bandwidth from the difference;
+- read_gbs[fmt]: one token through `pijax.kernels.ops.linear` over [N, D] rows in f32, f16, int8 (the routing the
+  engine gets), bytes of the matrix / median time; xla_read_gbs: the same through XLA's dot;
+- gather_gbs[fmt][fraction]: one token through `pijax.kernels.ops.sparse_ffn` (ReGLU, every selected row read:
+  skip_inactive off) with `fraction` of the neurons selected at random positions (SUBSETS different selections
+  in turn, so that a small one is not served from cache), bytes of the selected up,
+  gate and down_t rows / median time; xla_gather_gbs: f32 rows taken with jnp.take and multiplied by XLA.
+Smoke mode uses matrices small enough to sit in cache and few repeats (seconds): its figures are for tests only,
+and the profile says so (`smoke: true`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import itertools
+import os
+import platform
+import re
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("f32", "f16", "int8")
+SUBSETS = 8  # different random selections, cycled, so that a small selection is not read from cache every call
+CALL_ARGS = 16  # arrays passed to the call_us probe: about one layer's leaves, as the engine's calls pass
+FULL = {"n": 8192, "d": 2048, "reps": 15, "fractions": (0.02, 0.05, 0.1, 0.25, 0.5, 1.0), "layers": 64}
+SMOKE = {"n": 1024, "d": 256, "reps": 5, "fractions": (0.05, 0.25, 1.0), "layers": 16}
+
+
+def host_name() -> str:
+    """The host name as a config-safe token (letters, digits, _)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _median_seconds(fn: Callable[[], Any], reps: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn())  # compile and warm
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _devices() -> tuple[Any, Any]:
+    """(accelerator, host): the first device and a CPU device that is not it."""
+    import jax
+
+    accel = jax.devices()[0]
+    cpus = [d for d in jax.devices("cpu") if d != accel]
+    if not cpus:
+        raise RuntimeError("calibration needs a host device besides the accelerator (two virtual CPU devices)")
+    return accel, cpus[0]
+
+
+def measure_overheads(accel: Any, size: dict[str, Any]) -> dict[str, float]:
+    """call_us, layer_us and token_us (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from pijax.kernels.formats import to_format
+    from pijax.kernels.ops import linear
+
+    reps = max(size["reps"] * 10, 50)
+    args = [jax.device_put(jnp.full((16,), float(i), jnp.float32), accel) for i in range(CALL_ARGS)]
+    add = jax.jit(lambda xs: xs[0] + xs[-1])
+    call = _median_seconds(lambda: add(args), reps)
+
+    def stack(n_layer: int) -> Callable[[jax.Array, list[Any]], jax.Array]:
+        def step(x: jax.Array, ws: list[Any]) -> jax.Array:
+            for layer in range(n_layer):  # unrolled, one kernel call per layer, as the engine's layers are
+                x = jnp.tanh(linear(x, ws[layer])) * jax.lax.rsqrt(jnp.mean(x * x) + 1e-6)
+            return x
+
+        return jax.jit(step)
+
+    n_layer = size["layers"]
+    ws = [
+        jax.device_put(to_format(jnp.full((64, 64), 0.01 * (i + 1), jnp.float32), "f16"), accel) for i in range(n_layer)
+    ]
+    x = jax.device_put(jnp.ones((1, 64), jnp.float32), accel)
+    few, many = stack(1), stack(n_layer)
+    t_one = _median_seconds(lambda: few(x, ws[:1]), reps)
+    t_many = _median_seconds(lambda: many(x, ws), reps)
+    layer = max(t_many - t_one, 0.0) / (n_layer - 1)
+
+    emb = jax.device_put(jnp.linspace(-1, 1, 256 * 64, dtype=jnp.float32).reshape(256, 64), accel)
+
+    @jax.jit
+    def decode(token: jax.Array, emb: jax.Array) -> jax.Array:
+        return jnp.argmax(jnp.einsum("d,vd->v", emb[token], emb)).astype(jnp.int32)
+
+    cur = jax.device_put(jnp.int32(3), accel)
+    decode(cur, emb).block_until_ready()
+    t0 = time.perf_counter()
+    for step in range(reps):  # as pijax's generate loop: dispatch the next step, then read the previous token
+        nxt = decode(cur, emb)
+        if step:
+            int(np.asarray(cur))
+        cur = nxt
+    int(np.asarray(cur))
+    per_step = (time.perf_counter() - t0) / reps
+    plain = _median_seconds(lambda: decode(cur, emb), reps)
+    return {
+        "call_us": call * 1e6,
+        "layer_us": layer * 1e6,
+        "token_us": max(per_step - plain, 0.0) * 1e6,
+    }
+
+
+def measure_transfer(accel: Any, host: Any, size: dict[str, Any]) -> dict[str, float]:
+    """transfer_latency_us and transfer_gbs: a round trip accelerator -> host -> accelerator, halved."""
+    import jax
+    import numpy as np
+
+    reps = max(size["reps"] * 4, 20)
+    big_bytes = 4 * size["n"] * size["d"]
+    small = jax.device_put(np.ones(256, np.float32), accel)
+    big = jax.device_put(np.ones(big_bytes // 4, np.float32), accel)
+
+    def round_trip(x: Any) -> Callable[[], Any]:
+        return lambda: jax.device_put(jax.device_put(x, host), accel)
+
+    t_small = _median_seconds(round_trip(small), reps) / 2
+    t_big = _median_seconds(round_trip(big), reps) / 2
+    gbs = big_bytes / max(t_big - t_small, t_big * 1e-3) / 1e9
+    return {"transfer_latency_us": t_small * 1e6, "transfer_gbs": gbs}
+
+
+def _cycle(items: list[Any]) -> Iterator[Any]:
+    return itertools.cycle(items)
+
+
+def _selection(rng: Any, n: int, k: int) -> Any:
+    """Logits [1, n] selecting k random rows at threshold 0."""
+    import numpy as np
+
+    logits = np.full((1, n), -1.0, np.float32)
+    logits[0, rng.permutation(n)[:k]] = 1.0
+    return logits
+
+
+def measure_handover(accel: Any, host: Any, size: dict[str, Any]) -> float:
+    """handover_us: one split layer's round trip, as the engine chains it: a jitted call on the accelerator, its
+    output device_put to the host, a jitted call there, its output put back; (a chain of many - a chain of
+    one) / the extra hand-overs. Each link waits for the previous one, so thread wake-ups are included."""
+    import jax
+    import jax.numpy as jnp
+
+    reps = max(size["reps"] * 4, 20)
+    n_hops = size["layers"]
+    args = [jax.device_put(jnp.full((64,), 0.01 * i, jnp.float32), accel) for i in range(CALL_ARGS)]
+    on_accel = jax.jit(lambda x, ws: jnp.tanh(x * ws[0] + ws[-1]))
+    on_host = jax.jit(lambda x: x * 0.5 + 1.0)
+    x0 = jax.device_put(jnp.ones((64,), jnp.float32), accel)
+
+    def chain(n: int) -> Callable[[], Any]:
+        def run() -> Any:
+            x = x0
+            for _ in range(n):
+                x = jax.device_put(on_host(jax.device_put(on_accel(x, args), host)), accel)
+            return x
+
+        return run
+
+    t_one = _median_seconds(chain(1), reps)
+    t_many = _median_seconds(chain(n_hops), reps)
+    return max(t_many - t_one, 0.0) / (n_hops - 1) * 1e6
+
+
+def _weights(n: int, d: int, device: Any) -> dict[str, Any]:
+    """up, gate, down_t [n, d] per format, on `device`."""
+    import jax
+    import numpy as np
+
+    from pijax.kernels.formats import to_format
+
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    base = [jax.device_put(rng.standard_normal((n, d), np.float32) * 0.02, device) for _ in range(3)]
+    for fmt in FORMATS:
+        out[fmt] = [jax.device_put(to_format(w, fmt), device) for w in base]  # type: ignore[arg-type]
+    return out
+
+
+def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -> dict[str, Any]:
+    """read_gbs, gather_gbs (and the xla_* comparisons) on `device` (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from pijax.kernels.formats import dequantize, nbytes, row_bytes
+    from pijax.kernels.ops import linear, sparse_ffn
+
+    n, d, reps = size["n"], size["d"], size["reps"]
+    weights = _weights(n, d, device)
+    x = jax.device_put(jnp.full((1, d), 0.5, jnp.float32), device)
+    rng = np.random.default_rng(1)
+    out: dict[str, Any] = {"read_gbs": {}, "gather_gbs": {}, "xla_read_gbs": {}, "xla_gather_gbs": {}}
+    for fmt, (up, gate, down) in weights.items():
+        lin = jax.jit(lambda x, w: linear(x, w))
+        out["read_gbs"][fmt] = nbytes(up) / _median_seconds(lambda: lin(x, up), reps) / 1e9  # noqa: B023
+        if xla:
+            dot = jax.jit(lambda x, w: jnp.einsum("md,nd->mn", x, dequantize(w)))
+            out["xla_read_gbs"][fmt] = nbytes(up) / _median_seconds(lambda: dot(x, up), reps) / 1e9  # noqa: B023
+        ffn = jax.jit(
+            lambda x, lg, u, g, dn: sparse_ffn(x, lg, u, g, dn, kind="relu", threshold=0.0, skip_inactive=False)[0]
+        )
+        table = {}
+        for frac in size["fractions"]:
+            k = max(1, round(frac * n))
+            cycle = _cycle([jax.device_put(_selection(rng, n, k), device) for _ in range(SUBSETS)])
+            t = _median_seconds(lambda: ffn(x, next(cycle), up, gate, down), reps)  # noqa: B023
+            table[float(frac)] = 3 * k * row_bytes(up) / t / 1e9
+        out["gather_gbs"][fmt] = table
+    if xla:
+        up, gate, down = weights["f32"]
+
+        @jax.jit
+        def take(x: jax.Array, idx: jax.Array, u: jax.Array, g: jax.Array, dn: jax.Array) -> jax.Array:
+            h = jax.nn.relu(jnp.einsum("md,kd->mk", x, jnp.take(g, idx, 0))) * jnp.einsum(
+                "md,kd->mk", x, jnp.take(u, idx, 0)
+            )
+            return jnp.einsum("mk,kd->md", h, jnp.take(dn, idx, 0))
+
+        for frac in size["fractions"]:
+            k = max(1, round(frac * n))
+            ids = [np.sort(rng.permutation(n)[:k]).astype(np.int32) for _ in range(SUBSETS)]
+            cycle = _cycle([jax.device_put(i, device) for i in ids])
+            t = _median_seconds(lambda: take(x, next(cycle), up, gate, down), reps)  # noqa: B023
+            out["xla_gather_gbs"][float(frac)] = 3 * k * 4 * d / t / 1e9
+    return out
+
+
+def calibrate(*, smoke: bool = False) -> dict[str, Any]:
+    """Every term of the `cost:` block, measured now (jax must already see its devices)."""
+    accel, host = _devices()
+    size = SMOKE if smoke else FULL
+    cost: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host": host_name(),
+        "cpu_model": cpu_model(),
+        "device_kind": str(accel.device_kind),
+        "platform": str(accel.platform),
+        "smoke": bool(smoke),
+        "shared_bus": accel.platform == "cpu",
+        "sizes": {"rows": size["n"], "row_dim": size["d"], "repeats": size["reps"]},
+    }
+    cost |= measure_overheads(accel, size)
+    cost |= measure_transfer(accel, host, size)
+    cost["handover_us"] = measure_handover(accel, host, size)
+    cost |= measure_bandwidths(accel, size)
+    if accel.platform != "cpu":  # a real accelerator: the cold rows are gathered by the host CPU
+        cost["host_gather_gbs"] = measure_bandwidths(host, size, xla=False)["gather_gbs"]
+    return cost
+
+
+def profile_config(cost: dict[str, Any], name: str) -> dict[str, Any]:
+    """The `hardware=<name>` config: auto's device roles plus the measured terms."""
+    return {
+        "defaults": ["auto", "_self_"],
+        "name": name,
+        "platform": "cpu" if cost["platform"] == "cpu" else "gpu",
+        "n_accel": 1,
+        "cost": cost,
+    }
+
+
+def write_profile(cost: dict[str, Any], out_dir: str | os.PathLike[str], name: str) -> Path:
+    """Write and re-read (checked by pijax.index.hardware) the profile YAML."""
+    import yaml
+
+    from pijax.index.hardware import load_profile
+
+    def keyed(table: Any) -> Any:  # fraction keys as text: every YAML and OmegaConf reader takes them
+        return {str(k): keyed(v) for k, v in table.items()} if isinstance(table, dict) else table
+
+    cost = keyed(cost)
+    path = Path(out_dir) / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = (
+        f"# MEASURED hardware profile: python -m pijax.bench.calibrate{' --smoke' if cost['smoke'] else ''}\n"
+        f"# {cost['date']} on {cost['host']} ({cost['cpu_model']}; device {cost['device_kind']}).\n"
+        "# Terms: pijax.index.hardware.MeasuredTerms; formula: pijax.index.cost_model.\n"
+    )
+    path.write_text(head + yaml.safe_dump(profile_config(cost, name), sort_keys=False), encoding="utf-8")
+    load_profile(path)
+    return path
+
+
+def _start_devices() -> None:
+    """Two CPU devices when jax will run on CPU (accelerator + host), as hardware=cpu1 asks."""
+    import jax
+
+    if "cpu" in (os.environ.get("JAX_PLATFORMS") or "cpu"):
+        with contextlib.suppress(RuntimeError):  # the backend already started: keep its devices
+            jax.config.update("jax_num_cpu_devices", max(2, int(jax.config.jax_num_cpu_devices or 0)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pijax.errors import PijaxError
+
+    ap = argparse.ArgumentParser(prog="python -m pijax.bench.calibrate", description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for tests)")
+    ap.add_argument("--out", default="", help="folder for the profile (default configs/hardware)")
+    ap.add_argument("--name", default="", help="profile name (default measured_<host>)")
+    ap.add_argument("--check", default="", help="a sweep results.csv: print predicted vs measured per point")
+    args = ap.parse_args(argv)
+    try:
+        if args.check:
+            from pijax.bench.simulate import check_table_markdown
+
+            print(check_table_markdown(args.check))
+            return 0
+        _start_devices()
+        cost = calibrate(smoke=args.smoke)
+        name = args.name or f"measured_{cost['host']}"
+        path = write_profile(cost, args.out or Path("configs") / "hardware", name)
+    except PijaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"profile: {path}  (use hardware={name} or sweep.simulate_profile={name})")
+    for key in ("call_us", "layer_us", "token_us", "handover_us", "transfer_latency_us", "transfer_gbs"):
+        print(f"  {key:>20}: {cost[key]:.3f}")
+    for fmt, gbs in cost["read_gbs"].items():
+        gather = ", ".join(f"{f:g}: {v:.1f}" for f, v in cost["gather_gbs"][fmt].items())
+        print(f"  {fmt:>5} read {gbs:.1f} GB/s (xla {cost['xla_read_gbs'].get(fmt, 0):.1f}); gather {{{gather}}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
