@@ -14,6 +14,7 @@ from pijax.index.config import IndexConfig
 from pijax.layout.config import HardwareConfig
 from pijax.sparsity.config import ProfileConfig
 from pijax.sparsity.predictor_config import PredictorTrainConfig
+from pijax.sparsity.real_config import RealSparsityConfig
 from pijax.sparsity.relufy_config import RelufyConfig
 
 
@@ -35,6 +36,7 @@ class RunConfig:
     sweep: SweepConfig = SweepConfig()
     simulate: SimulateConfig = SimulateConfig()
     bench: BenchConfig = BenchConfig()
+    real_sparsity: RealSparsityConfig = RealSparsityConfig()
 
 
 def build_run_config(mapping: Mapping[str, Any]) -> RunConfig:
