@@ -9,8 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from pijax.config import FfnActivation, ModelConfig, ModelSpec
+from pijax.io.chat import Message, chat_prompt
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
-from pijax.io.tokenizer import Tokenizer
+from pijax.io.vocab import AnyTokenizer, load_tokenizer
 from pijax.kernels.convert import load_llama
 from pijax.kernels.formats import WeightFormat, check_format
 from pijax.model.generate import Engine, SamplingConfig
@@ -35,7 +36,7 @@ class GenerationResult:
 class Model:
     """A loaded checkpoint, its tokenizer and its Flax module, with compiled inference on top."""
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, module: Llama):
+    def __init__(self, checkpoint: Checkpoint, tokenizer: AnyTokenizer, module: Llama):
         self.checkpoint = checkpoint
         self.tokenizer = tokenizer
         self.module = module
@@ -86,6 +87,21 @@ class Model:
             decode_s=out.decode_s,
         )
 
+    def chat(
+        self,
+        messages: str | Sequence[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str:
+        """The assistant's reply to `messages` (dicts with "role" and "content", or one user message as a
+        string), prompted with the model's chat template; it ends at EOS or an end-of-turn token."""
+        prompt = chat_prompt(self.tokenizer, self.checkpoint.metadata, messages, self.checkpoint.gguf.path)
+        res = self.generate(prompt.ids, max_new_tokens, temperature, top_k, top_p, seed)
+        return prompt.reply(self.tokenizer, res.new_ids)
+
 
 def load_model(
     path: str | os.PathLike[str] = STORIES260K,
@@ -101,7 +117,7 @@ def load_model(
     "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.kernels.convert`)."""
     path = ModelSpec(path=os.fspath(path)).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
-    tokenizer = Tokenizer.from_metadata(ckpt.metadata, path)
+    tokenizer = load_tokenizer(ckpt.metadata, path)
     fmt = check_format(dtype)
     module = load_llama(
         path, fmt, ffn_act=ckpt.config.ffn_act, use_predictors=False, xla_ffn=fmt == "f32", progress=False

@@ -25,6 +25,8 @@ class RunConfig:
     smoke: bool = False
     budget: str | None = None
     corpus: str = ""
+    # the user's message for task=chat
+    prompt: str = ""
     model: ModelSpec = ModelSpec()
     generate: GenerateConfig = GenerateConfig()
     logger: LoggerConfig = LoggerConfig()

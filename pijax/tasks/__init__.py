@@ -14,6 +14,7 @@ from pijax.errors import ConfigError
 
 TASKS: dict[str, str] = {
     "generate": "pijax.tasks.generate",
+    "chat": "pijax.tasks.chat",
     "profile": "pijax.tasks.profile",
     "relufy": "pijax.tasks.relufy",
     "train_predictors": "pijax.tasks.train_predictors",
