@@ -10,6 +10,8 @@ the TinyStories text shipped with pijax, and Python standard-library source (`co
   top-1 agreement with dense and the sparsity reached.
 Writes curves.csv, allocations.csv, profile_layers.csv, overlap.csv, split.json, tables.md and PNGs to
 `real_sparsity.out_dir` (default experiments/real_sparsity; under smoke=true the run folder, with a few windows).
+The model is SmolLM2-135M unless `model.path` says otherwise; smoke=true without a model.path runs the shipped
+stories260K (also SwiGLU) so that the plumbing check needs no download; tests/test_real_sparsity.py covers SmolLM2.
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ from pijax.sparsity.overlap import hot_set_overlap, plot_overlap
 from pijax.sparsity.plots import plot_profile
 from pijax.sparsity.profile import profile
 from pijax.sparsity.real_config import RealSparsityConfig
-from pijax.sparsity.threshold_eval import ThresholdEvaluator
+from pijax.sparsity.threshold_eval import ThresholdEvaluator, ThresholdResult
 from pijax.sparsity.thresholds import calibration_scores, check_sparsity, thresholds_from_scores
 
+DEFAULT_MODEL = "smollm2-135m"
 SMOKE = {
     "seq_len": 32,
     "calibration_windows": 2,
     "eval_windows": 2,
     "profile_windows": 2,
     "sparsities": (0.0, 0.5),
+    "greedy_sparsities": (0.5,),
     "allocation_step": 0.25,
     "allocation_windows": 1,
+    "criteria": ("oracle", "teal"),
 }
 
 
@@ -124,46 +129,50 @@ def profile_domains(model: Model, domains: list[Domain], rc: RealSparsityConfig,
 
 
 def sweep_domain(
-    model: Model, d: Domain, rc: RealSparsityConfig, alloc_rows: list[dict[str, Any]]
+    model: Model, d: Domain, rc: RealSparsityConfig, curves_csv: Path, alloc_rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Part 2 for one domain: every criterion, uniform and greedy, at every target sparsity."""
+    """Part 2 for one domain: every criterion, uniform and greedy, at every target sparsity; each row is appended
+    to `curves_csv` as soon as it is measured."""
     ev = ThresholdEvaluator(model, d.held, batch_size=rc.batch_size, progress=True)
     cal = d.train[: rc.calibration_windows]
     rows = []
     grid = level_grid(rc.allocation_step)
+    n_layer = model.config.n_layer
     for crit in rc.criteria:
         samples = calibration_scores(model, cal, crit, batch_size=rc.batch_size)
         errors = layer_errors(model, cal[: rc.allocation_windows], crit, samples, grid, batch_size=rc.batch_size)
-        for alloc in ("uniform", "greedy"):
-            for s in rc.sparsities:
-                if alloc == "greedy" and s == 0:
-                    continue  # the same all-zero allocation as uniform
-                per_layer = greedy_allocation(errors, grid, s) if alloc == "greedy" else np.full(len(samples), s)
+        plan = [("uniform", s) for s in rc.sparsities] + [("greedy", s) for s in rc.greedy_sparsities if s > 0]
+        for alloc, s in plan:
+            per_layer = greedy_allocation(errors, grid, s) if alloc == "greedy" else np.full(n_layer, s)
+            if s == 0:  # t = 0 skips only exact zeros: the dense model itself (tested), not worth a forward
+                res = ThresholdResult(crit, ev.ppl_dense, ev.ppl_dense, 1.0, np.zeros(n_layer))
+            else:
                 res = ev.evaluate(crit, thresholds_from_scores(samples, per_layer))
-                if alloc == "greedy":
-                    alloc_rows.append({"domain": d.name, "criterion": crit, "target": s, **_layers(per_layer)})
-                rows.append(
-                    {
-                        "domain": d.name,
-                        "criterion": crit,
-                        "allocation": alloc,
-                        "target": s,
-                        "heldout_sparsity": res.sparsity,
-                        "max_layer_dev": float(np.abs(res.layer_sparsity - per_layer).max()),
-                        "ppl_dense": res.ppl_dense,
-                        "ppl": res.ppl,
-                        "ppl_increase_pct": 100 * res.ppl_increase,
-                        "top1_pct": 100 * res.top1,
-                    }
-                )
-                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+            if alloc == "greedy":
+                alloc_rows.append({"domain": d.name, "criterion": crit, "target": s, **_layers(per_layer)})
+            row = {
+                "domain": d.name,
+                "criterion": crit,
+                "allocation": alloc,
+                "line": f"{crit} {alloc}",
+                "target": s,
+                "heldout_sparsity": res.sparsity,
+                "max_layer_dev": float(np.abs(res.layer_sparsity - per_layer).max()),
+                "ppl_dense": res.ppl_dense,
+                "ppl": res.ppl,
+                "ppl_increase_pct": 100 * res.ppl_increase,
+                "top1_pct": 100 * res.top1,
+            }
+            rows.append(row)
+            write_results_csv(curves_csv, [row])
+            print(format_table([row]), flush=True)
     return rows
 
 
 def fresh_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     """The rows as a new CSV (write_results_csv appends), without its lock file."""
     path.unlink(missing_ok=True)
-    write_results_csv(path, rows)
+    write_results_csv(path, rows)  # nothing written for no rows: the file is then just gone
     Path(str(path) + ".lock").unlink(missing_ok=True)
     return path
 
@@ -198,7 +207,8 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
     check_sparsity(np.asarray(rc.sparsities))
     out = Path(out_dir) if cfg.smoke else Path(rc.out_dir or "experiments/real_sparsity")
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(cfg.model.resolved_path(), ffn_act=cfg.model.ffn_act)
+    spec = cfg.model if cfg.model.path or cfg.smoke else dataclasses.replace(cfg.model, path=DEFAULT_MODEL)
+    model = load_model(spec.resolved_path(), ffn_act=spec.ffn_act)
     corpora = {"tinystories": load_corpus(cfg.corpus or None), "stdlib": stdlib_corpus(rc.stdlib_modules)}
     domains = [load_domain(model, name, c, rc) for name, c in corpora.items()]
     split = {d.name: d.split for d in domains} | {"stdlib_modules": list(rc.stdlib_modules)}
@@ -208,12 +218,13 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
     print(format_table(overlap))
     rows: list[dict[str, Any]] = []
     alloc_rows: list[dict[str, Any]] = []
+    fresh_csv(out / "curves.csv", [])
     for d in domains:
-        rows += sweep_domain(model, d, rc, alloc_rows)
-    fresh_csv(out / "curves.csv", [r | {"line": f"{r['criterion']} {r['allocation']}"} for r in rows])
+        rows += sweep_domain(model, d, rc, out / "curves.csv", alloc_rows)
+    Path(str(out / "curves.csv") + ".lock").unlink(missing_ok=True)
     fresh_csv(out / "allocations.csv", alloc_rows)
     for d in domains:
-        dr = [r | {"line": f"{r['criterion']} {r['allocation']}"} for r in rows if r["domain"] == d.name]
+        dr = [r for r in rows if r["domain"] == d.name]
         for y, label in (("ppl_increase_pct", "held-out perplexity change (%)"), ("top1_pct", "top-1 agreement (%)")):
             plot_lines(
                 dr,
