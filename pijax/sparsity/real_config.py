@@ -22,7 +22,7 @@ class RealSparsityConfig:
     batch_size: int = 8
     criteria: tuple[str, ...] = ("cats", "oracle", "teal")
     sparsities: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    greedy_sparsities: tuple[float, ...] = (0.3, 0.4, 0.5, 0.7)  # the non-uniform allocation's targets
+    greedy_sparsities: tuple[float, ...] = (0.4, 0.5)  # the non-uniform allocation's targets
     # greedy per-layer allocation: grid step, and how many of the calibration windows measure the layer errors
     allocation_step: float = 0.05
     allocation_windows: int = 8
@@ -31,4 +31,5 @@ class RealSparsityConfig:
     profile_sparsity: float = 0.5
     hot_share: float = 0.2
     stdlib_modules: tuple[str, ...] = STDLIB_MODULES
+    parts: tuple[str, ...] = ("profile", "thresholds")  # part 1, part 2; either may be left out
     out_dir: str = ""  # "" = experiments/real_sparsity (smoke runs: the run folder)

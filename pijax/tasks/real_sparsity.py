@@ -26,7 +26,7 @@ import numpy as np
 from pijax.api import Model, load_model
 from pijax.corpus import Corpus, load_corpus, stdlib_corpus
 from pijax.errors import DataError
-from pijax.results import format_table, plot_lines, write_results_csv
+from pijax.results import format_table, plot_lines, read_results_csv, write_results_csv
 from pijax.run_config import RunConfig
 from pijax.sparsity.allocation import greedy_allocation, layer_errors, level_grid
 from pijax.sparsity.overlap import hot_set_overlap, plot_overlap
@@ -200,7 +200,31 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def run(cfg: RunConfig, out_dir: Path) -> float:
+NUMERIC = ("target", "heldout_sparsity", "max_layer_dev", "ppl_dense", "ppl", "ppl_increase_pct", "top1_pct")
+
+
+def report(out: Path, title: str) -> str:
+    """From `out`/curves.csv (complete or partial): per domain the two curve plots, and tables.md (returned)."""
+    rows = [r | {k: float(r[k]) for k in NUMERIC} for r in read_results_csv(out / "curves.csv")]
+    for dom in dict.fromkeys(r["domain"] for r in rows):
+        dr = [r for r in rows if r["domain"] == dom]
+        for y, label in (("ppl_increase_pct", "held-out perplexity change (%)"), ("top1_pct", "top-1 agreement (%)")):
+            plot_lines(
+                dr,
+                "target",
+                y,
+                "line",
+                out / f"{y}_{dom}.png",
+                title=f"{title}, {dom} held-out",
+                xlabel="FFN sparsity (calibrated on the training split)",
+                ylabel=label,
+            )
+    tables = markdown_tables(rows)
+    (out / "tables.md").write_text(tables)
+    return tables
+
+
+def run(cfg: RunConfig, out_dir: Path) -> float | None:
     rc = cfg.real_sparsity
     if cfg.smoke:
         rc = dataclasses.replace(rc, **SMOKE)
@@ -214,8 +238,10 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
     split = {d.name: d.split for d in domains} | {"stdlib_modules": list(rc.stdlib_modules)}
     (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")
     print(json.dumps(split, indent=2))
-    overlap = profile_domains(model, domains, rc, out)
-    print(format_table(overlap))
+    if "profile" in rc.parts:
+        print(format_table(profile_domains(model, domains, rc, out)))
+    if "thresholds" not in rc.parts:
+        return None
     rows: list[dict[str, Any]] = []
     alloc_rows: list[dict[str, Any]] = []
     fresh_csv(out / "curves.csv", [])
@@ -223,22 +249,7 @@ def run(cfg: RunConfig, out_dir: Path) -> float:
         rows += sweep_domain(model, d, rc, out / "curves.csv", alloc_rows)
     Path(str(out / "curves.csv") + ".lock").unlink(missing_ok=True)
     fresh_csv(out / "allocations.csv", alloc_rows)
-    for d in domains:
-        dr = [r for r in rows if r["domain"] == d.name]
-        for y, label in (("ppl_increase_pct", "held-out perplexity change (%)"), ("top1_pct", "top-1 agreement (%)")):
-            plot_lines(
-                dr,
-                "target",
-                y,
-                "line",
-                out / f"{y}_{d.name}.png",
-                title=f"{model_name(model)}, {d.name} held-out",
-                xlabel="FFN sparsity (calibrated on the training split)",
-                ylabel=label,
-            )
-    tables = markdown_tables(rows)
-    (out / "tables.md").write_text(tables)
-    print(tables)
+    print(report(out, model_name(model)))
     print(f"results: {out}")
     hit = [r for r in rows if r["criterion"] == "oracle" and r["allocation"] == "uniform" and r["target"] > 0]
     return float(hit[0]["ppl_increase_pct"]) if hit else float(rows[0]["ppl"])
