@@ -32,4 +32,5 @@ class RealSparsityConfig:
     hot_share: float = 0.2
     stdlib_modules: tuple[str, ...] = STDLIB_MODULES
     parts: tuple[str, ...] = ("profile", "thresholds")  # part 1, part 2; either may be left out
+    resume: bool = False  # keep the rows already in curves.csv and measure only the missing ones
     out_dir: str = ""  # "" = experiments/real_sparsity (smoke runs: the run folder)

@@ -128,20 +128,42 @@ def profile_domains(model: Model, domains: list[Domain], rc: RealSparsityConfig,
     return overlap
 
 
+def _key(domain: str, criterion: str, allocation: str, target: float) -> tuple[str, str, str, float]:
+    return domain, criterion, allocation, round(float(target), 6)
+
+
 def sweep_domain(
-    model: Model, d: Domain, rc: RealSparsityConfig, curves_csv: Path, alloc_rows: list[dict[str, Any]]
+    model: Model,
+    d: Domain,
+    rc: RealSparsityConfig,
+    curves_csv: Path,
+    alloc_rows: list[dict[str, Any]],
+    done: set[tuple[str, str, str, float]] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """Part 2 for one domain: every criterion, uniform and greedy, at every target sparsity; each row is appended
-    to `curves_csv` as soon as it is measured."""
+    """Part 2 for one domain: every criterion, uniform and greedy, at every target sparsity, except the rows in
+    `done`; each row is appended to `curves_csv` as soon as it is measured."""
+    plans = {
+        crit: [
+            (a, s)
+            for a, targets in (("uniform", rc.sparsities), ("greedy", [s for s in rc.greedy_sparsities if s > 0]))
+            for s in targets
+            if _key(d.name, crit, a, s) not in done
+        ]
+        for crit in rc.criteria
+    }
+    if not any(plans.values()):
+        return []
     ev = ThresholdEvaluator(model, d.held, batch_size=rc.batch_size, progress=True)
     cal = d.train[: rc.calibration_windows]
     rows = []
     grid = level_grid(rc.allocation_step)
     n_layer = model.config.n_layer
-    for crit in rc.criteria:
+    for crit, plan in plans.items():
+        if not plan:
+            continue
         samples = calibration_scores(model, cal, crit, batch_size=rc.batch_size)
-        errors = layer_errors(model, cal[: rc.allocation_windows], crit, samples, grid, batch_size=rc.batch_size)
-        plan = [("uniform", s) for s in rc.sparsities] + [("greedy", s) for s in rc.greedy_sparsities if s > 0]
+        if any(a == "greedy" for a, _ in plan):
+            errors = layer_errors(model, cal[: rc.allocation_windows], crit, samples, grid, batch_size=rc.batch_size)
         for alloc, s in plan:
             per_layer = greedy_allocation(errors, grid, s) if alloc == "greedy" else np.full(n_layer, s)
             if s == 0:  # t = 0 skips only exact zeros: the dense model itself (tested), not worth a forward
@@ -244,12 +266,20 @@ def run(cfg: RunConfig, out_dir: Path) -> float | None:
         return None
     rows: list[dict[str, Any]] = []
     alloc_rows: list[dict[str, Any]] = []
-    fresh_csv(out / "curves.csv", [])
+    done: set[tuple[str, str, str, float]] = set()
+    if rc.resume and (out / "curves.csv").is_file():
+        done = {
+            _key(r["domain"], r["criterion"], r["allocation"], r["target"])
+            for r in read_results_csv(out / "curves.csv")
+        }
+    else:
+        fresh_csv(out / "curves.csv", [])
     for d in domains:
-        rows += sweep_domain(model, d, rc, out / "curves.csv", alloc_rows)
+        rows += sweep_domain(model, d, rc, out / "curves.csv", alloc_rows, done)
     Path(str(out / "curves.csv") + ".lock").unlink(missing_ok=True)
-    fresh_csv(out / "allocations.csv", alloc_rows)
+    if alloc_rows:
+        (write_results_csv if rc.resume else fresh_csv)(out / "allocations.csv", alloc_rows)
     print(report(out, model_name(model)))
     print(f"results: {out}")
     hit = [r for r in rows if r["criterion"] == "oracle" and r["allocation"] == "uniform" and r["target"] > 0]
-    return float(hit[0]["ppl_increase_pct"]) if hit else float(rows[0]["ppl"])
+    return float(hit[0]["ppl_increase_pct"]) if hit else None
