@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,20 @@ from pijax.io.tokenizer import Tokenizer
 from pijax.paths import TINYSTORIES
 
 SEPARATOR = "<|endoftext|>"
+# The second domain of experiments/real_sparsity: Python standard-library source, which every machine has. One
+# module is one document, in this order, so the held-out tail (the last 10%) is the last module, difflib.
+STDLIB_MODULES: tuple[str, ...] = (
+    "textwrap",
+    "string",
+    "heapq",
+    "bisect",
+    "fractions",
+    "shlex",
+    "calendar",
+    "csv",
+    "json.decoder",
+    "difflib",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +80,30 @@ def load_corpus(path: str | os.PathLike[str] | None = None) -> Corpus:
     if not docs:
         raise DataError("corpus is empty (no text after removing whitespace and separators)", path)
     return Corpus(path, tuple(docs), hashlib.sha256(raw).hexdigest()[:16])
+
+
+def stdlib_corpus(modules: Sequence[str] = STDLIB_MODULES) -> Corpus:
+    """The source of these standard-library modules of the running Python, one module per document, in order.
+
+    `path` is the standard library's folder; the hash covers the module names and their source text, so a
+    different Python version shows up as a different corpus."""
+    stdlib = Path(inspect.getsourcefile(os) or os.__file__).parent
+    if not modules:
+        raise DataError("no standard-library modules given", stdlib)
+    docs, h = [], hashlib.sha256()
+    for name in modules:
+        try:
+            src_file = inspect.getsourcefile(importlib.import_module(name))
+        except ImportError:
+            raise DataError(f"no module named {name!r} in this Python", stdlib) from None
+        except TypeError:  # built into the interpreter
+            src_file = None
+        if src_file is None:
+            raise DataError(f"module {name!r} has no Python source file", stdlib)
+        text = Path(src_file).read_text(encoding="utf-8")
+        h.update(f"{name}\0{text}\0".encode())
+        docs.append(text.strip())
+    return Corpus(stdlib, tuple(docs), h.hexdigest()[:16])
 
 
 def token_windows(

@@ -22,6 +22,7 @@ from pijax.index.config import IndexConfig
 from pijax.layout.config import HardwareConfig
 from pijax.sparsity.config import ProfileConfig
 from pijax.sparsity.predictor_config import PredictorTrainConfig
+from pijax.sparsity.real_config import RealSparsityConfig
 from pijax.sparsity.relufy_config import RelufyConfig
 from pijax.validate import check_model_source, check_text
 
@@ -46,6 +47,7 @@ class RunConfig:
     sweep: SweepConfig = SweepConfig()
     simulate: SimulateConfig = SimulateConfig()
     bench: BenchConfig = BenchConfig()
+    real_sparsity: RealSparsityConfig = RealSparsityConfig()
 
 
 def check_budget_syntax(budget: str | None) -> None:

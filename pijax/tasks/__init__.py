@@ -22,6 +22,7 @@ TASKS: dict[str, str] = {
     "simulate": "pijax.tasks.simulate",
     "gpuidx": "pijax.tasks.gpuidx",
     "bench": "pijax.tasks.bench",
+    "real_sparsity": "pijax.tasks.real_sparsity",
 }
 
 
