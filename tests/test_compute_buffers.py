@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pijax.layout.pipeline import prepare_hybrid
 
 from pijax.api import load_model
+from pijax.engine.pipeline import prepare_hybrid
 from pijax.index import IndexConfig, plan_budget
 from pijax.index.compute_buffers import SAFETY_MARGIN, xla_temp_bytes
 from pijax.layout.config import HardwareConfig

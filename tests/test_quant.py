@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pijax.kernels.convert import load_llama
 
 import pijax
 from pijax.errors import ConfigError, PijaxError
 from pijax.io.convert import TARGETS, convert_gguf, main
 from pijax.io.gguf import GGMLType, Meta, read_gguf, write_gguf
 from pijax.kernels.formats import QuantRows
+from pijax.model.convert import load_llama
 from pijax.model.generate import Engine
 from pijax.paths import STORIES260K
 

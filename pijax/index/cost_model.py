@@ -26,7 +26,7 @@ engine really pays on the machine measured (all terms from the profile; fmt = th
              + dense_bytes / read_gbs[fmt] + sum_l ( layer_us + (G_l (+) C_l) + S_l )
 where (+) is + when the profile's accelerator and host share one memory bus (a CPU standing in for both) and
 max otherwise. hot_l / cold_l are the rows the engine computes (a traced token's, or its compiled capacities).
-The counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.model.hybrid): per token one
+The counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.engine.hybrid_engine): per token one
 hand-over (the last stage's token to the host, the embedding call there, the row back to the accelerators), per
 split layer one hand-over (a stage call, a device_put, the host call, a device_put back); `calls_*` count extra
 calls (with `overlap`, the hot part's own call: calls_per_split = 1). Change them with the engine.

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from pijax.errors import ConfigError
-from pijax.model.ffn import DenseFFN, down_project, ffn_activation
+from pijax.kernels.reference import down_project, ffn_activation
+from pijax.model.ffn import DenseFFN
 
 Criterion = Literal["cats", "oracle", "teal"]
 CRITERIA: tuple[str, ...] = ("cats", "oracle", "teal")
