@@ -18,7 +18,14 @@ from pijax.model.convert import load_llama
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
-from pijax.validate import check_bool, check_generate_args, check_messages, check_model_source, check_prompt
+from pijax.validate import (
+    check_bool,
+    check_generate_args,
+    check_messages,
+    check_model_source,
+    check_options,
+    check_prompt,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +123,7 @@ class Model:
         `sparsity=`) or "oracle"; options: see `pijax.engine.api.sparse_model`. This model is left unchanged."""
         from pijax.engine.api import sparse_model
 
+        check_options(sparse_model, (self, mode), options, "Model.sparse")
         setup = sparse_model(self, mode, **options)
         out = Model(self.checkpoint, self.tokenizer, setup.module)
         out.setup = setup

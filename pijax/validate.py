@@ -129,6 +129,28 @@ def check_prompt(value: Any, name: str = "prompt") -> str | list[int]:
     return [check_int(v, f"{name}[{i}]", min=0) for i, v in enumerate(value)]
 
 
+def check_ids(value: Any, name: str = "ids") -> list[int]:
+    """A sequence of token ids (ints >= 0, possibly empty; the tokenizer checks them against its vocabulary)."""
+    if isinstance(value, str | bytes | bytearray | memoryview | Mapping) or value is None:
+        raise InputError(f"{name} must be a sequence of token ids, got {describe(value)}")
+    if isinstance(value, np.ndarray) and value.ndim != 1:
+        raise InputError(f"{name} must be a 1-D sequence of token ids, got shape {value.shape}")
+    if not isinstance(value, Sequence | np.ndarray):
+        raise InputError(f"{name} must be a sequence of token ids, got {describe(value)}")
+    return [check_int(v, f"{name}[{i}]", min=0) for i, v in enumerate(value)]
+
+
+def check_options(fn: Any, args: tuple[Any, ...], options: Mapping[str, Any], name: str) -> None:
+    """Unknown or missing keyword options of a public entry point say so in one line (not Python's TypeError)."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(*args, **options)
+    except TypeError as err:
+        accepted = [p for p in inspect.signature(fn).parameters if p not in ("model", "self")]
+        raise InputError(f"{name}: {err}; it takes {', '.join(accepted)}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateArgs:
     """Checked generation arguments (see check_generate_args)."""

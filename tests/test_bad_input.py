@@ -252,6 +252,37 @@ def test_budget_that_cannot_hold_the_dense_part_fails_before_profiling(tmp_path,
     one_line(e.value)
 
 
+def test_sweep_budget_that_cannot_hold_the_dense_part_fails_before_profiling(tmp_path, monkeypatch):
+    """task=sweep too: the budget is planned before the activation statistics are collected."""
+    from pijax.tasks import sweep as sweep_task
+
+    def no_profiling(*args, **kwargs):
+        raise AssertionError("profiling started before the budget was checked")
+
+    monkeypatch.setattr(sweep_task, "_profile_stats", no_profiling)
+    cfg = run_config("+experiment=sweep_policies", "budget=1KB", "smoke=true", "logger=none")
+    with pytest.raises(BudgetError, match="the dense part needs") as e:
+        sweep_task.measure(cfg, tmp_path / "run", cfg.sweep)
+    one_line(e.value)
+
+
+@pytest.mark.parametrize("ids, needs", [(None, "sequence of token ids"), ("abc", "sequence"), ([1, "a"], r"ids\[1\]")])
+def test_decode_refuses_what_is_not_ids(model, ids, needs):
+    with pytest.raises(PijaxError, match=needs) as e:
+        model.tokenizer.decode(ids)
+    one_line(e.value)
+
+
+def test_unknown_sparse_and_hybrid_options_are_one_line():
+    relu = pijax.load_model(REPO / "pijax" / "assets" / "stories260K_relu_predictors.gguf")
+    with pytest.raises(PijaxError, match="Model.sparse: .*bogus.*it takes mode, sparsity") as e:
+        relu.sparse(bogus=1)
+    one_line(e.value)
+    with pytest.raises(PijaxError, match="Model.hybrid: unknown option.*bogus") as e:
+        relu.hybrid(budget="ffn:30%", bogus=2)
+    one_line(e.value)
+
+
 # ---- the command line: exit codes 0 / 2 / 1 ----------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ kernels where they win, else XLA (the reference; on GPU, XLA on GPU).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from pijax.engine.setup import Backend, setup_engine
-from pijax.errors import ConfigError
+from pijax.errors import ConfigError, InputError
 from pijax.kernels.fast_ffn import KernelFFN
 from pijax.model.llama import Llama
 from pijax.model.sparse_ffn import calibrate_capacities, mask_counts, sparsify
@@ -170,6 +171,14 @@ def hybrid_model(
     check_mode(mode, model.config.ffn_act, hybrid=True)
     index_fields = {f.name for f in dataclasses.fields(IndexConfig)}
     index_kw = {k: options.pop(k) for k in list(options) if k in index_fields}
+    passed = ("index_cfg", "hardware", "placement", "source", "backend", "capacity_quantile")
+    unknown = sorted(set(options) - (set(inspect.signature(prepare_hybrid).parameters) - set(passed)))
+    if unknown:
+        raise InputError(
+            f"Model.hybrid: unknown option(s) {', '.join(unknown)}; it takes policy, mode, backend, hardware, "
+            f"placement, index_path, capacity_quantile, IndexConfig fields and prepare_hybrid's stats, corpus_path, "
+            f"profile_tokens, seq_len, n_ctx, pred_threshold"
+        )
     index_cfg = IndexConfig(policy=policy, path=None if index_path is None else os.fspath(index_path), **index_kw)
     return prepare_hybrid(
         model,

@@ -46,7 +46,7 @@ from pijax.io.tokenizer import (
     TOKEN_UNUSED,
     TOKEN_USER_DEFINED,
 )
-from pijax.validate import check_bool, check_text
+from pijax.validate import check_bool, check_ids, check_text
 
 KEY_PRE = "tokenizer.ggml.pre"
 KEY_MERGES = "tokenizer.ggml.merges"
@@ -240,7 +240,7 @@ class BPETokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`: control tokens dropped, bytes reassembled across tokens (invalid UTF-8 -> U+FFFD)."""
-        return b"".join(self.piece_bytes(i) for i in ids).decode("utf-8", errors="replace")
+        return b"".join(self.piece_bytes(i) for i in check_ids(ids)).decode("utf-8", errors="replace")
 
     def decode_piece(self, id: int) -> str:
         """One token's text; a token holding part of a multi-byte character shows as U+FFFD."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pijax.errors import DataError, UnsupportedModelError
-from pijax.validate import check_bool, check_text
+from pijax.validate import check_bool, check_ids, check_text
 
 SPACE_MARK = "\u2581"
 # llama.cpp prints an unknown token as this block character rather than its vocabulary text.
@@ -140,7 +140,7 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`: control tokens dropped, bytes reassembled, the space `encode` prepended removed."""
-        data = b"".join(self.piece_bytes(i) for i in ids)
+        data = b"".join(self.piece_bytes(i) for i in check_ids(ids))
         text = data.decode("utf-8", errors="replace")
         if self.add_space_prefix and text.startswith(" "):
             text = text[1:]

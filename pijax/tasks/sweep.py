@@ -204,6 +204,7 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
     """The run's row (see the module docstring). Library entry point of task=sweep (no files, no tracker)."""
     from pijax.engine.pipeline import prepare_hybrid
     from pijax.eval import compare
+    from pijax.index import plan_budget
     from pijax.layout.devices import setup_devices
 
     placement = setup_devices(cfg.hardware)
@@ -211,17 +212,17 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
     bm = load_bench_model(path, cfg.model.ffn_act, placement.host)
     model, mcfg = bm.model, bm.model.config
     source = resolve_source(sc.source, model)
-    stats = _profile_stats(bm, cfg.corpus, sc, placement.host)
     ranks = [p.rank for p in model.checkpoint.weights.predictors or []] if source == "predictor" else None
-    budget = resolve_budget(
-        cfg.budget,
-        mcfg,
-        weight_dtype=np.dtype(model.module.dtype).name,
-        n_ctx=sc.n_ctx,
-        predictor_ranks=ranks or None,
-        n_devices=placement.n_accel,
-        rounding="powerinfer" if cfg.index.powerinfer_compat else "exact",
-    )
+    plan_kw: dict[str, Any] = {
+        "weight_dtype": np.dtype(model.module.dtype).name,
+        "n_ctx": sc.n_ctx,
+        "predictor_ranks": ranks or None,
+        "n_devices": placement.n_accel,
+        "rounding": "powerinfer" if cfg.index.powerinfer_compat else "exact",
+    }
+    budget = resolve_budget(cfg.budget, mcfg, **plan_kw)
+    plan_budget(mcfg, budget, allow_all_cold=cfg.index.allow_all_cold, **plan_kw)  # fails before the profiling
+    stats = _profile_stats(bm, cfg.corpus, sc, placement.host)
     index_cfg = cfg.index
     if not index_cfg.path:  # the run's own index file: never written next to a shipped model
         index_cfg = dataclasses.replace(index_cfg, path=str(out_dir / f"{bm.path.name}.generated.gpuidx"))
