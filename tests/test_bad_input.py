@@ -275,10 +275,10 @@ def test_decode_refuses_what_is_not_ids(model, ids, needs):
 
 def test_unknown_sparse_and_hybrid_options_are_one_line():
     relu = pijax.load_model(REPO / "pijax" / "assets" / "stories260K_relu_predictors.gguf")
-    with pytest.raises(PijaxError, match="Model.sparse: .*bogus.*it takes mode, sparsity") as e:
+    with pytest.raises(PijaxError, match=r"Model\.sparse: .*bogus.*it takes mode, sparsity") as e:
         relu.sparse(bogus=1)
     one_line(e.value)
-    with pytest.raises(PijaxError, match="Model.hybrid: unknown option.*bogus") as e:
+    with pytest.raises(PijaxError, match=r"Model\.hybrid: unknown option.*bogus") as e:
         relu.hybrid(budget="ffn:30%", bogus=2)
     one_line(e.value)
 
