@@ -19,6 +19,7 @@ from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 from pijax.paths import STORIES260K
 from pijax.validate import (
+    GenerateArgs,
     check_bool,
     check_generate_args,
     check_messages,
@@ -85,9 +86,8 @@ class Model:
         prompt = check_prompt(prompt)
         a = check_generate_args(max_new_tokens, temperature, top_k, top_p, seed)
         ids = self.tokenizer.encode(prompt, bos=True) if isinstance(prompt, str) else prompt
-        sampling = SamplingConfig(a.temperature, a.top_k, a.top_p)
         eos = self.tokenizer.eos_id if check_bool(stop_at_eos, "stop_at_eos") else None
-        out = self.engine.generate(ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=eos)
+        out = self._run(ids, a, eos)
         text = b"".join(self.tokenizer.piece_bytes(i) for i in out.new_ids).decode("utf-8", errors="replace")
         return GenerationResult(
             text=text,
@@ -114,9 +114,12 @@ class Model:
             messages = check_messages(messages)
         a = check_generate_args(max_new_tokens, temperature, top_k, top_p, seed)
         prompt = chat_prompt(self.tokenizer, self.checkpoint.metadata, messages, self.checkpoint.gguf.path)
+        return prompt.reply(self.tokenizer, self._run(prompt.ids, a, prompt.turn_end).new_ids)
+
+    def _run(self, ids: Sequence[int], a: GenerateArgs, eos_id: Any) -> Any:
+        """The engine's token loop on checked arguments (shared by generate and chat)."""
         sampling = SamplingConfig(a.temperature, a.top_k, a.top_p)
-        out = self.engine.generate(prompt.ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=prompt.turn_end)
-        return prompt.reply(self.tokenizer, out.new_ids)
+        return self.engine.generate(ids, a.max_new_tokens, sampling, seed=a.seed, eos_id=eos_id)
 
     def sparse(self, mode: str = "predictor", **options: Any) -> Model:
         """A sparse copy with the same `.logits` / `.generate`: mode "predictor", "relu", "threshold" (with

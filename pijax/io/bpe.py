@@ -31,7 +31,7 @@ import numpy as np
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
-from pijax.errors import DataError, UnsupportedModelError
+from pijax.errors import UnsupportedModelError
 from pijax.io.tokenizer import (
     KEY_BOS,
     KEY_EOS,
@@ -45,6 +45,7 @@ from pijax.io.tokenizer import (
     TOKEN_UNKNOWN,
     TOKEN_UNUSED,
     TOKEN_USER_DEFINED,
+    PieceTable,
 )
 from pijax.validate import check_bool, check_ids, check_text
 
@@ -142,7 +143,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 
-class BPETokenizer:
+class BPETokenizer(PieceTable):
     """Text <-> token ids for a llama.cpp "gpt2" (byte-level BPE) vocabulary."""
 
     def __init__(
@@ -241,17 +242,6 @@ class BPETokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`: control tokens dropped, bytes reassembled across tokens (invalid UTF-8 -> U+FFFD)."""
         return b"".join(self.piece_bytes(i) for i in check_ids(ids)).decode("utf-8", errors="replace")
-
-    def decode_piece(self, id: int) -> str:
-        """One token's text; a token holding part of a multi-byte character shows as U+FFFD."""
-        return self.piece_bytes(id).decode("utf-8", errors="replace")
-
-    def piece_bytes(self, id: int) -> bytes:
-        """One token's bytes (empty for control tokens); join these before decoding to stream UTF-8."""
-        i = int(id)
-        if not 0 <= i < self.vocab_size:
-            raise DataError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
-        return self._piece_bytes[i]
 
     def token_id(self, text: str) -> int | None:
         """The id whose vocabulary text is exactly `text` (e.g. "<|im_end|>"), or None."""

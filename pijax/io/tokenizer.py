@@ -50,7 +50,25 @@ _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _WORD_START = re.compile(f"(?={SPACE_MARK})")
 
 
-class Tokenizer:
+class PieceTable:
+    """Id -> bytes for any vocabulary (SentencePiece or BPE): subclasses fill `vocab_size` and `_piece_bytes`."""
+
+    vocab_size: int
+    _piece_bytes: list[bytes]
+
+    def decode_piece(self, id: int) -> str:
+        """One token's text, for streaming; a lone byte token of a multi-byte character shows as U+FFFD."""
+        return self.piece_bytes(id).decode("utf-8", errors="replace")
+
+    def piece_bytes(self, id: int) -> bytes:
+        """One token's UTF-8 bytes (empty for control tokens); join these to stream multi-byte characters."""
+        i = int(id)
+        if not 0 <= i < self.vocab_size:
+            raise DataError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
+        return self._piece_bytes[i]
+
+
+class Tokenizer(PieceTable):
     """Text <-> token ids for a llama.cpp "llama" (SentencePiece) vocabulary."""
 
     def __init__(
@@ -145,17 +163,6 @@ class Tokenizer:
         if self.add_space_prefix and text.startswith(" "):
             text = text[1:]
         return text
-
-    def decode_piece(self, id: int) -> str:
-        """One token's text, for streaming; a lone byte token of a multi-byte character shows as U+FFFD."""
-        return self.piece_bytes(id).decode("utf-8", errors="replace")
-
-    def piece_bytes(self, id: int) -> bytes:
-        """One token's UTF-8 bytes (empty for control tokens); join these to stream multi-byte characters."""
-        i = int(id)
-        if not 0 <= i < self.vocab_size:
-            raise DataError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
-        return self._piece_bytes[i]
 
     def _render(self, i: int) -> bytes:
         kind = self._types[i]
