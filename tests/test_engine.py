@@ -80,7 +80,8 @@ def test_relu_and_oracle_modes_equal_dense(model, ids, mode, backend):
     close(s.logits(ids), model.logits(ids))
     assert s.generate(PROMPT, max_new_tokens=8).new_ids == model.generate(PROMPT, max_new_tokens=8).new_ids
     assert not hasattr(model, "setup")  # the dense model is left as it was
-    assert type(model.module.layers[0].ffn).__name__ == "DenseFFN"
+    ffn = model.module.layers[0].ffn
+    assert ffn.selector.mode == "dense" and ffn.backend == "xla"
 
 
 def test_predictor_mode_on_both_backends_agrees(model, ids, sparse_ref):

@@ -19,8 +19,8 @@ import pijax
 from pijax.bench import decode_report, llamacpp
 from pijax.io.gguf import read_gguf
 from pijax.kernels import build, formats, ops
-from pijax.kernels.fast_ffn import KernelFFN
 from pijax.model.convert import load_llama, use_kernels
+from pijax.model.ffn import FFN
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.sparse_ffn import sparsify
 from pijax.paths import STORIES260K
@@ -94,7 +94,8 @@ def test_kernel_model_decodes_like_the_pijax_model() -> None:
     ref = _teacher_forced(model.engine, ids, 3)
     for fmt, tol in (("f32", 1e-4), ("f16", 0.05), ("int8", 0.6)):
         llama = load_llama(STORIES260K, fmt, progress=False)
-        assert isinstance(llama.layers[0].ffn, KernelFFN) and not llama.layers[0].ffn.sparse
+        ffn = llama.layers[0].ffn
+        assert isinstance(ffn, FFN) and ffn.backend == "kernels" and ffn.selector.mode == "dense"
         eng = Engine(llama)
         if fmt == "f32":
             assert eng.generate(ids, 16, GREEDY).new_ids == want
@@ -124,10 +125,11 @@ def test_kernel_ffn_equals_the_predictor_sparse_ffn(capacity: int | None, monkey
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     if capacity is None:
         return
-    use_kernels(model, "int8")  # in place, from the SparseFFNs: the predictor, threshold and capacity carry over
+    use_kernels(model, "int8")  # in place: the predictor, threshold and capacity carry over
     ffn = model.module.layers[0].ffn
-    assert isinstance(ffn, KernelFFN) and ffn.sparse and ffn.capacity == caps[0]
-    assert isinstance(ffn.w_up_fd[...], formats.QuantRows) and isinstance(ffn.fc1_rd[...], formats.QuantRows)
+    assert ffn.backend == "kernels" and ffn.selector.mode == "predictor" and ffn.selector.capacity == caps[0]
+    assert isinstance(ffn.w_up_fd[...], formats.QuantRows)
+    assert isinstance(ffn.predictor.fc1_rd[...], formats.QuantRows)
     assert isinstance(model.module.layers[0].attn.w_q_nd[...], formats.QuantRows)
     with_kernels = _teacher_forced(model.engine, ids)
     monkeypatch.setattr(build, "available", lambda: False)  # the same int8 model on the pure-JAX path
@@ -247,7 +249,7 @@ def test_load_llama_checks_the_predictors_fingerprint_as_load_predictors_does() 
             ckpt.weights
         )
     llama = load_llama(relu, predictors_from=preds, progress=False)
-    assert isinstance(llama.layers[0].ffn, KernelFFN) and llama.layers[0].ffn.sparse
+    assert llama.layers[0].ffn.backend == "kernels" and llama.layers[0].ffn.selector.mode == "predictor"
     with pytest.raises(DataError, match="trained for another model"):
         load_llama(STORIES260K, predictors_from=preds, progress=False)
 

@@ -12,7 +12,7 @@ from flax import nnx
 import pijax
 from pijax.io.checkpoint import Checkpoint, load_checkpoint
 from pijax.kernels.reference import ffn_activation
-from pijax.model.ffn import DenseFFN
+from pijax.model.ffn import FFN
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 
@@ -90,7 +90,7 @@ def test_trace_matches_forward_and_exposes_ffn_inputs(model: pijax.Model, ref: d
 class _ScaledFFN(nnx.Module):
     """A stand-in FFN: the dense one's output times a factor (tests that block.ffn is replaceable)."""
 
-    def __init__(self, inner: DenseFFN, factor: float):
+    def __init__(self, inner: FFN, factor: float):
         self.inner, self.factor = inner, factor
 
     def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:

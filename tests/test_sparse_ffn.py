@@ -14,16 +14,11 @@ from flax import nnx
 import pijax
 from pijax.errors import ConfigError, DataError, TensorError
 from pijax.io.weights import LayerWeights, PredictorWeights
-from pijax.model.ffn import DenseFFN
+from pijax.model.ffn import FFN
 from pijax.model.generate import SamplingConfig
 from pijax.model.predictor import Predictor
-from pijax.model.sparse_ffn import (
-    SparseFFN,
-    calibrate_capacities,
-    densify,
-    mask_counts,
-    sparsify,
-)
+from pijax.model.rows import Selector
+from pijax.model.sparse_ffn import calibrate_capacities, densify, mask_counts, sparsify
 from pijax.sparsity.stats import ActivationStats
 
 TINY = Path(__file__).parent / "data" / "powerinfer_model_tiny" / "stories260K_relu.powerinfer.gguf"
@@ -74,12 +69,12 @@ def test_oracle_relu_sparse_logits_equal_dense_prefill_and_decode(relu_model, pr
     assert max(caps) < model.config.n_ff  # the cap really binds the gather size
     sparsify(model, mode="oracle", capacities=caps)
     try:
-        assert isinstance(model.module.layers[0].ffn, SparseFFN)
+        assert model.module.layers[0].ffn.selector == Selector("oracle", capacity=caps[0])
         np.testing.assert_allclose(model.logits(ids), dense_full, atol=1e-5, rtol=0)  # prefill: masked path
         np.testing.assert_allclose(_teacher_forced_decode(model, ids), dense_dec, atol=1e-5, rtol=0)  # gathers
     finally:
         densify(model)
-    assert isinstance(model.module.layers[0].ffn, DenseFFN)
+    assert model.module.layers[0].ffn.selector.mode == "dense"
     np.testing.assert_array_equal(model.logits(ids), dense_full)
 
 
@@ -138,14 +133,19 @@ def _layer(f=64, d=16, seed=0, gate=True):
     w = {k: rng.normal(size=(f, d)).astype(np.float32) for k in ("up", "gate", "down_t")}
     lw = LayerWeights(None, None, None, None, None, None, w["up"], w["gate"] if gate else None, w["down_t"])
     cfg = pijax.load_model().config.replace(n_ff=f, n_embd=d, ffn_act="relu")
-    return cfg, DenseFFN(cfg, lw, rngs=nnx.Rngs(0)), w
+    return cfg, FFN.from_weights(cfg, lw, rngs=nnx.Rngs(0)), w
+
+
+def _sparse(cfg, dense, **selector):
+    pred = selector.pop("predictor", None)
+    return FFN(cfg, dense.w_up_fd, dense.w_gate_fd, dense.w_down_fd, selector=Selector(**selector), predictor=pred)
 
 
 @pytest.mark.parametrize("n_tokens", [1, 3, 12])
 def test_capacity_keeps_the_top_scoring_active_rows(n_tokens):
     cfg, dense, w = _layer()
     cap = 9
-    sp = SparseFFN(cfg, dense, mode="oracle", capacity=cap)
+    sp = _sparse(cfg, dense, mode="oracle", capacity=cap)
     h = np.random.default_rng(1).normal(size=(1, n_tokens, cfg.n_embd)).astype(np.float32)
     got = np.asarray(sp(jnp.asarray(h), jnp.asarray(h)))
     act = np.maximum(h @ w["gate"].T, 0) * (h @ w["up"].T)
@@ -163,7 +163,7 @@ def test_decode_step_does_a_fraction_of_the_dense_work():
     cfg, dense, _ = _layer(f=2048, d=256)
     rngs = nnx.Rngs(0)
     pred = Predictor(None, cfg.n_embd, cfg.n_ff, 16, rngs=rngs)
-    sp = SparseFFN(cfg, dense, mode="predictor", capacity=cfg.n_ff // 10, predictor=pred)
+    sp = _sparse(cfg, dense, mode="predictor", capacity=cfg.n_ff // 10, predictor=pred)
     h = jnp.ones((1, 1, cfg.n_embd), jnp.float32)
 
     def cost(mod):
@@ -220,4 +220,4 @@ def test_bad_inputs_give_clear_errors(relu_model):
     tiny = pijax.load_model(TINY).checkpoint.weights.predictors
     with pytest.raises(DataError, match="predictors are given for 4 layers"):
         sparsify(model, mode="predictor", predictors=tiny[:4])
-    assert all(isinstance(b.ffn, DenseFFN) for b in model.module.layers)  # a failed call changed nothing
+    assert all(b.ffn.selector.mode == "dense" for b in model.module.layers)  # a failed call changed nothing

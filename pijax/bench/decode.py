@@ -43,9 +43,9 @@ from pijax.bench.decode_timing import measure_pijax, profile_step, spread, with_
 from pijax.bench.dense_decode import BandwidthProbe
 from pijax.errors import DataError, PijaxError
 from pijax.kernels import build
-from pijax.kernels.fast_ffn import KernelFFN
 from pijax.model.convert import load_llama, use_kernels
 from pijax.model.llama import Llama
+from pijax.model.rows import Selector
 
 # ---------------------------------------------------------------- files
 
@@ -196,7 +196,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         # Exact, no predictor: every neuron's gate product is computed, and up/down_t rows are read only where
         # relu(gate) > 0. Not a dense baseline (it reads ~40% of the FFN bytes on a 10%-active ReLU model).
         for b in llama.layers:
-            b.ffn.skip_inactive = True
+            b.ffn.configure(dataclasses.replace(b.ffn.selector, skip_inactive=True))
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax exact zero-skip f32 (no predictor)")
         results["pijax_zeroskip_f32"] = r
         _report(r)
@@ -282,22 +282,15 @@ def sweep(
     rows in full (as a model with that many firing neurons would) and with the kernel's zero-skipping; 100% is
     the dense kernel FFN (no predictor)."""
     rows = []
-    saved = [(b.ffn, b.ffn.threshold) for b in llama.layers]
+    saved = [b.ffn.selector for b in llama.layers]
     for frac in cfg.sweep_fractions:
         for skip in (False, True):
-            for i, (b, (ffn, _)) in enumerate(zip(llama.layers, saved, strict=True)):
+            for i, (b, sel) in enumerate(zip(llama.layers, saved, strict=True)):
                 if frac >= 1.0:
-                    b.ffn = KernelFFN(
-                        llama.cfg,
-                        ffn.w_up_fd[...],
-                        None if ffn.w_gate_fd is None else ffn.w_gate_fd[...],
-                        ffn.w_down_fd[...],
-                        skip_inactive=skip,
-                    )
+                    b.ffn.configure(Selector("dense", skip_inactive=skip))
                 else:
-                    ffn.threshold = float(st["thresholds"][f"{frac:g}"][i])
-                    ffn.skip_inactive = skip
-                    b.ffn = ffn
+                    thr = float(st["thresholds"][f"{frac:g}"][i])
+                    b.ffn.configure(dataclasses.replace(sel, threshold=thr, skip_inactive=skip))
             label = f"sweep {frac:.0%} {'skip' if skip else 'full rows'}"
             r = measure_pijax(llama, prompt, cfg.sweep_new, cfg.repeats, probe, label)
             if frac >= 1.0:
@@ -309,9 +302,8 @@ def sweep(
             r = with_bound(r, by)
             rows.append({"fraction": frac, "skip_inactive": skip, "selected_fraction": s2["selected_fraction"]} | r)
             _report(r)
-    for b, (ffn, thr) in zip(llama.layers, saved, strict=True):
-        ffn.threshold, ffn.skip_inactive = thr, True
-        b.ffn = ffn
+    for b, sel in zip(llama.layers, saved, strict=True):
+        b.ffn.configure(dataclasses.replace(sel, skip_inactive=True))
     return rows
 
 

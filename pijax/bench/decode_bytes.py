@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pijax.kernels.fast_ffn import KernelFFN
 from pijax.kernels.formats import nbytes, row_bytes
 from pijax.model.llama import Llama
 
@@ -34,8 +33,8 @@ def weight_bytes(llama: Llama) -> dict[str, Any]:
         per_neuron.append(sum(row_bytes(m) for m in mats))
         first = ffn.w_up_fd[...] if ffn.w_gate_fd is None else ffn.w_gate_fd[...]
         gate_row.append(row_bytes(first))
-        if isinstance(ffn, KernelFFN) and ffn.sparse:
-            pred += nbytes(ffn.fc1_rd[...]) + nbytes(ffn.fc2_fr[...])
+        if ffn.selector.mode == "predictor":
+            pred += nbytes(ffn.predictor.fc1_rd[...]) + nbytes(ffn.predictor.fc2_fr[...])
     head_w = llama.token_embd_vd if llama.w_out_vd is None else llama.w_out_vd
     emb = llama.token_embd_vd[...]
     return {
@@ -77,7 +76,7 @@ def selection_stats(llama: Llama, tokens: np.ndarray, fractions: Sequence[float]
     """Teacher-forced pass over `tokens` [T]: per layer, mean neurons selected per token, of which with a
     nonzero output, and the per-layer predictor thresholds that select each of `fractions` of the neurons."""
     layers = list(llama.layers)
-    if not all(isinstance(b.ffn, KernelFFN) and b.ffn.sparse for b in layers):
+    if not all(b.ffn.backend == "kernels" and b.ffn.selector.mode == "predictor" for b in layers):
         return {}
     gd, st = nnx.split(llama)
     qs = jnp.asarray([1.0 - f for f in fractions], jnp.float32)
@@ -94,7 +93,7 @@ def selection_stats(llama: Llama, tokens: np.ndarray, fractions: Sequence[float]
             hn = block.ffn_norm(h)
             ffn = block.ffn
             logits = ffn.predictor_logits(h)
-            chosen = logits >= ffn.threshold
+            chosen = logits >= ffn.selector.threshold
             act = ffn.activations(hn)
             sel.append(chosen.sum(-1).mean())
             live.append((chosen & (act != 0)).sum(-1).mean())

@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from pijax.bench.contention import Contention, clean_mask, enough, is_clean
 from pijax.bench.dense_decode import BandwidthProbe
-from pijax.kernels.fast_ffn import KernelFFN
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
 
@@ -97,6 +96,10 @@ def time_fn(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> dict[str, f
     return spread(ts)
 
 
+def _predictor_kernels(ffn: Any) -> bool:
+    return ffn.backend == "kernels" and ffn.selector.mode == "predictor"
+
+
 def profile_step(llama: Llama, prompt: Sequence[int], n_cache: int, repeats: int = 10) -> dict[str, float]:
     """Median ms per decode step spent in each part, and the whole step.
 
@@ -115,7 +118,7 @@ def profile_step(llama: Llama, prompt: Sequence[int], n_cache: int, repeats: int
     tok, _, caches = engine.prefill(prompt, n_cache, GREEDY, key)
     pos = len(prompt)
     cos, sin = rope_angles(jnp.full((1, 1), pos), cfg.rope_dim, cfg.rope_base)
-    sparse = isinstance(llama.layers[0].ffn, KernelFFN) and llama.layers[0].ffn.sparse
+    sparse = _predictor_kernels(llama.layers[0].ffn)
 
     def rows_fn(s: Any, h: jax.Array, logits: jax.Array) -> jax.Array:
         b = nnx.merge(gd, s)
@@ -129,9 +132,9 @@ def profile_step(llama: Llama, prompt: Sequence[int], n_cache: int, repeats: int
             w_gate,
             f.w_down_fd[...],
             kind=f.kind,
-            threshold=f.threshold,
-            capacity=f.capacity,
-            skip_inactive=f.skip_inactive,
+            threshold=f.selector.threshold,
+            capacity=f.selector.cap(f.n_ff),
+            skip_inactive=f.selector.skip_inactive,
         )
         return y[None]
 

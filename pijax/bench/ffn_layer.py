@@ -2,10 +2,10 @@
 
 `python -m pijax.bench.ffn_layer` (defaults: a LLaMA-7B-shaped ReGLU layer, n_embd 4096, n_ff 11008, f32, 10%
 active rows). Cases, all jitted, all one decode token unless `tokens` says otherwise:
-- dense: `DenseFFN` (every neuron).
+- dense: `FFN` with the dense selector (every neuron).
 - rows: `gathered_ffn` on a fixed set of active rows (the FFN's own work at that sparsity, no selection).
-- sparse: the whole `SparseFFN` in predictor mode: a rank-R predictor, top-k selection of `capacity` rows, gathers.
-- a token sweep of dense vs SparseFFN's gather path vs its masked-dense path (the prefill crossover).
+- sparse: the whole `FFN` with the predictor selector: a rank-R predictor, top-k selection of `capacity` rows, gathers.
+- a token sweep of dense vs the sparse FFN's gather path vs its masked-dense path (the prefill crossover).
 Timings are medians over interleaved repeats (each case once per round, so load drifts hit all cases alike).
 Weights are random: the cost of a layer does not depend on its values. Results: a table and a CSV.
 """
@@ -27,17 +27,17 @@ from flax import nnx
 
 from pijax.config import ModelConfig
 from pijax.engine.setup import tune_host_allocator
-from pijax.model.ffn import DenseFFN
+from pijax.model.ffn import FFN
 from pijax.model.predictor import Predictor
-from pijax.model.sparse_ffn import SparseFFN, gathered_ffn
+from pijax.model.rows import Selector, gathered_ffn
 from pijax.results import format_table, write_results_csv
 
 
-def _layer(n_embd: int, n_ff: int, seed: int) -> tuple[ModelConfig, DenseFFN]:
+def _layer(n_embd: int, n_ff: int, seed: int) -> tuple[ModelConfig, FFN]:
     cfg = ModelConfig(
         n_vocab=1, n_ctx=1, n_embd=n_embd, n_ff=n_ff, n_layer=1, n_head=1, n_head_kv=1, rope_dim=2, ffn_act="relu"
     )
-    return cfg, DenseFFN(cfg, None, rngs=nnx.Rngs(seed))  # random N(0, 0.02) rows, drawn on the device
+    return cfg, FFN.from_weights(cfg, None, rngs=nnx.Rngs(seed))  # random N(0, 0.02) rows, drawn on the device
 
 
 def _jit_module(mod: nnx.Module) -> Callable[[jax.Array], jax.Array]:
@@ -84,16 +84,9 @@ def run_bench(
     thr = float(np.quantile(np.asarray(pred(h1)), 1.0 - active))
     cap = min(n_ff, round(1.1 * k))
 
-    def sparse(max_gather_rows: int) -> SparseFFN:
-        return SparseFFN(
-            cfg,
-            dense,
-            mode="predictor",
-            capacity=cap,
-            predictor=pred,
-            pred_threshold=thr,
-            max_gather_rows=max_gather_rows,
-        )
+    def sparse(max_gather_rows: int) -> FFN:
+        sel = Selector("predictor", capacity=cap, threshold=thr, max_gather_rows=max_gather_rows)
+        return FFN(cfg, dense.w_up_fd, dense.w_gate_fd, dense.w_down_fd, selector=sel, predictor=pred)
 
     dense_fn, gather_fn, masked_fn = _jit_module(dense), _jit_module(sparse(1 << 30)), _jit_module(sparse(0))
     pred_fn = _jit_module(_PredictorOnly(pred))

@@ -28,7 +28,6 @@ from flax import nnx
 
 from pijax.engine.setup import Backend, setup_engine
 from pijax.errors import ConfigError, InputError
-from pijax.kernels.fast_ffn import KernelFFN
 from pijax.model.llama import Llama
 from pijax.model.sparse_ffn import calibrate_capacities, mask_counts, sparsify
 
@@ -117,31 +116,29 @@ def sparse_model(
         from pijax.sparsity.thresholds import calibrate_thresholds
 
         thresholds = calibrate_thresholds(model.module, windows, sparsity, progress=False)
-    source = {"relu": "oracle"}.get(mode, mode)
     if capacities is None and capacity_quantile is not None:
         counts = mask_counts(
             model.module,
             windows,
-            mode=source,
+            mode=mode,
             predictors=preds,
             pred_threshold=pred_threshold or 0.0,
             act_thresholds=thresholds,
         )
         capacities = calibrate_capacities(counts, quantile=capacity_quantile, n_ff=cfg.n_ff)
     if chosen == "kernels" and mode == "relu" and capacities is not None:
-        raise ConfigError("mode='relu' with a capacity runs on xla (the kernels cap by predictor logit only)")
-    if not (chosen == "kernels" and mode == "relu"):  # relu on the kernels: their dense path, zeros skipped
-        sparsify(
-            module,
-            mode=source,
-            capacities=capacities,
-            predictors=preds,
-            pred_threshold=pred_threshold,
-            act_thresholds=thresholds,
-        )
-    if chosen == "kernels":
-        for block in module.layers:
-            block.ffn = KernelFFN.from_ffn(cfg, block.ffn, "f32", skip_inactive=True)
+        if backend == "kernels":
+            raise ConfigError("mode='relu' with a capacity needs the dense activations: use backend 'xla'")
+        chosen = "xla"
+    sparsify(
+        module,
+        mode=mode,
+        capacities=capacities,
+        predictors=preds,
+        pred_threshold=pred_threshold,
+        act_thresholds=thresholds,
+        backend=chosen,
+    )
     log.info("sparse engine: mode %s on %s", mode, chosen)
     return SparseSetup(module, mode, chosen, None if capacities is None else list(capacities), thresholds)
 

@@ -11,16 +11,16 @@ Three modules, one per place the work happens:
   only those computed. Which is faster depends on the device kind (experiments/hybrid/README.md).
 - `ColdFFN` (host): the cold rows; per token it gathers the selected rows (at most the cold capacity) and computes
   only those.
-A block gathers only while tokens x capacity <= its `max_gather_rows` (default: half its rows, the crossover
-pijax.model.sparse_ffn measured); past that (prefill, or an uncapped block) it computes the masked dense product
-with the same selection.
+Each block of rows (a hot shard, the cold block) runs the one FFN computation of pijax.model.rows, the one the
+single-device `pijax.model.ffn.FFN` runs: the same `Selector`, `select` and backends. A block gathers only while
+tokens x capacity <= its `max_gather_rows` (default: half its rows); past that (prefill, or an uncapped block)
+it computes the masked dense product with the same selection.
 
 Mask sources: "predictor" (logit >= threshold, score = logit: PowerInfer's path), "oracle" (the true activity
 act != 0 of ReLU-family models, each side computing its own rows' act; for exactness tests) and "dense" (every
 row; the plain split of the dense FFN). Hot and cold sets are disjoint, so the two outputs add up to the FFN's.
-Row selection is pijax.kernels.reference's, the gathered products pijax.model.sparse_ffn's. Backends: with
-`cold_kernels` the host part runs on the CPU kernels (pijax.kernels.ops.sparse_ffn, one call per layer, rows read
-in place); with `hot_kernels` (accelerators that are CPU devices) each shard's hot rows do too; otherwise XLA (the
+Backends: with `cold_kernels` the host part runs on the CPU kernels (one call per layer, rows read in place);
+with `hot_kernels` (accelerators that are CPU devices) each shard's hot rows do too; otherwise XLA (the
 reference, and what GPUs run). Dimension legend: see
 `pijax.model.layers`; here N = tokens (B*T), K = rows of a block (a hot shard or the cold block).
 """
@@ -37,82 +37,29 @@ from jax.sharding import PartitionSpec as P
 
 from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import ConfigError
-from pijax.kernels.ops import sparse_ffn
-from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
 from pijax.layout.devices import Placement, to_mesh
 from pijax.layout.pack import PackedLayer, pad_ids, pad_rows
 from pijax.model.predictor import Predictor
-from pijax.model.sparse_ffn import gathered_ffn, union_rows
+from pijax.model.rows import Request, Selector, block_ffn, compute_request, gathers, kernels_run, select
 
 MaskSource = Literal["predictor", "oracle", "dense"]
 MASK_SOURCES: tuple[str, ...] = ("predictor", "oracle", "dense")
 HotMode = Literal["masked", "gather"]
 
-Request = dict[str, jax.Array]
-"""What the accelerator tells the host about a cold block: {"idx", "valid"} (gather) or {"keep"} (masked) for
-the predictor source; empty for oracle and dense, where the host decides from its own rows."""
+# A cold Request (pijax.model.rows.Request) is what the accelerator tells the host about a cold block: {"idx",
+# "valid"} (gather) or {"keep"} (masked) for the predictor source, or {"logits"} for a host on the kernels; empty
+# for oracle and dense, where the host decides from its own rows.
+# The hybrid's oracle source is the uncapped-or-capped act != 0 selector, which pijax.model.rows calls "relu".
+_SELECTOR_MODE = {"predictor": "predictor", "oracle": "relu", "dense": "dense"}
 
 
 class RowIds(nnx.Variable):
     """Integer neuron ids (not trainable): the hot bucket, the cold id list."""
 
 
-def _masked_down(act_nk: jax.Array, keep_nk: jax.Array | None, down_kd: jax.Array) -> jax.Array:
-    act = act_nk if keep_nk is None else jnp.where(keep_nk, act_nk, 0.0)
-    return down_project(act[None], down_kd)[0]
-
-
-def gathers(n_tokens: int, capacity: int, n_rows: int, max_gather_rows: int | None) -> bool:
-    """Whether a block of n_rows rows gathers its selected rows for n_tokens tokens (else masked dense)."""
-    limit = n_rows // 2 if max_gather_rows is None else max_gather_rows
-    return n_tokens * min(capacity, n_rows) <= limit
-
-
-def select(score_nk: jax.Array, active_nk: jax.Array, capacity: int, gather: bool) -> Request:
-    """The rows a block computes: the `capacity` top-scoring active ones (all active ones when capacity >= K)."""
-    k = score_nk.shape[1]
-    if gather:
-        idx, valid = select_rows(score_nk, active_nk, min(capacity, k))
-        return {"idx": idx, "valid": valid}
-    if capacity >= k:
-        return {"keep": active_nk}
-    return {"keep": selection_mask(*select_rows(score_nk, active_nk, capacity), k)}
-
-
-def compute_selected(
-    h_nd: jax.Array,
-    req: Request,
-    up_kd: jax.Array,
-    gate_kd: jax.Array | None,
-    down_kd: jax.Array,
-    kind: FfnActivation,
-) -> jax.Array:
-    """A block's contribution [N, D] over the rows a Request names."""
-    if "idx" in req:
-        idx_u, keep_nu = union_rows(req["idx"], req["valid"], up_kd.shape[0])
-        return gathered_ffn(h_nd, idx_u, keep_nu, up_kd, gate_kd, down_kd, kind)
-    return _masked_down(rows_activation(h_nd, up_kd, gate_kd, kind), req["keep"], down_kd)
-
-
-def compute_self_selected(
-    h_nd: jax.Array,
-    up_kd: jax.Array,
-    gate_kd: jax.Array | None,
-    down_kd: jax.Array,
-    kind: FfnActivation,
-    source: MaskSource,
-    capacity: int,
-    gather: bool,
-) -> jax.Array:
-    """A block's contribution when it decides itself: "dense" (every row) or "oracle" (act != 0, by |act|)."""
-    act = rows_activation(h_nd, up_kd, gate_kd, kind)
-    if source == "dense":
-        return _masked_down(act, None, down_kd)
-    req = select(jnp.abs(act), act != 0, capacity, gather)
-    if "idx" in req:
-        idx_u, keep_nu = union_rows(req["idx"], req["valid"], up_kd.shape[0])
-        return gathered_ffn(h_nd, idx_u, keep_nu, up_kd, gate_kd, down_kd, kind, act_nf=act)
-    return _masked_down(act, req["keep"], down_kd)
+def block_selector(source: MaskSource, capacity: int, threshold: float, max_gather_rows: int | None) -> Selector:
+    """The shared selector (pijax.model.rows) a hybrid block of rows runs."""
+    return Selector(_SELECTOR_MODE[source], capacity=capacity, threshold=threshold, max_gather_rows=max_gather_rows)
 
 
 def request_fields(
@@ -148,26 +95,9 @@ def unpack_request(packed_nw: jax.Array, n_embd: int, fields: tuple[tuple[str, i
     return packed_nw[:, :n_embd], req
 
 
-def kernel_rows(
-    h_nd: jax.Array,
-    logits_nk: jax.Array | None,
-    up: jax.Array,
-    gate: jax.Array | None,
-    down: jax.Array,
-    kind: FfnActivation,
-    threshold: float,
-    capacity: int,
-) -> jax.Array:
-    """A block's contribution [N, D] on the CPU kernels: the rows with logit >= threshold (at most `capacity`,
-    the top-scoring), or without logits every row, inactive ReLU rows skipped exactly."""
-    return sparse_ffn(
-        h_nd, logits_nk, up, gate, down, kind=kind, threshold=threshold, capacity=capacity, use_kernel=True
-    )[0]
-
-
 def use_kernels(kernels: bool, source: MaskSource, capacity: int, n_rows: int) -> bool:
-    """Whether a block runs on the kernels: asked for, and not a capped oracle (the kernel ranks by logit only)."""
-    return kernels and (source != "oracle" or capacity >= n_rows)
+    """Whether a block runs on the kernels: asked for, and a selector they run (not a capped oracle)."""
+    return kernels and kernels_run(block_selector(source, capacity, 0.0, None), n_rows)
 
 
 def _on(x: np.ndarray, sharding: Any, dtype: Any) -> jax.Array:
@@ -211,31 +141,24 @@ class HotFFN(nnx.Module):
         self.threshold = float(threshold)
         self.mode: HotMode = mode
         self.max_gather_rows = max_gather_rows
+        # "masked": capacity = every local row, so the shared block never gathers.
+        self.selector = block_selector(source, self.capacity, self.threshold, max_gather_rows)
+        self.backend = "kernels" if self.kernels else "xla"
         self.mesh = placement.mesh
         self.axis = placement.axis
 
     def __call__(self, hn_btd: jax.Array, logits_nf: jax.Array | None) -> jax.Array:
         b, t, d = hn_btd.shape
         n = b * t
-        gather = self.mode == "gather" and gathers(n, self.capacity, self.per_shard, self.max_gather_rows)
         has_gate = self.w_gate_kd is not None
-        kind, source, thr, cap, axis = self.kind, self.source, self.threshold, self.capacity, self.axis
-        kernels = self.kernels
+        kind, source, sel, backend, axis = self.kind, self.source, self.selector, self.backend, self.axis
 
         def local(h_nd, ids, up, down, *rest):
             gate = rest[0] if has_gate else None
-            if kernels:
-                logits = None
-                if source == "predictor":
-                    logits = jnp.where((ids >= 0)[None, :], jnp.take(rest[-1], jnp.maximum(ids, 0), axis=1), -jnp.inf)
-                y = kernel_rows(h_nd, logits, up, gate, down, kind, thr, cap)
-            elif source == "predictor":
-                logits = rest[-1]
-                score = jnp.take(logits, jnp.maximum(ids, 0), axis=1)
-                active = (score >= thr) & (ids >= 0)[None, :]
-                y = compute_selected(h_nd, select(score, active, cap, gather), up, gate, down, kind)
-            else:
-                y = compute_self_selected(h_nd, up, gate, down, kind, source, cap, gather)
+            logits = None
+            if source == "predictor":  # padding rows (id -1) score -inf: never selected
+                logits = jnp.where((ids >= 0)[None, :], jnp.take(rest[-1], jnp.maximum(ids, 0), axis=1), -jnp.inf)
+            y = block_ffn(h_nd, logits, up, gate, down, kind, sel, backend, use_kernel=True)[0]
             return jax.lax.psum(y, axis)
 
         args = [hn_btd.reshape(n, d), self.ids_k[...], self.w_up_kd[...], self.w_down_kd[...]]
@@ -278,6 +201,8 @@ class ColdFFN(nnx.Module):
         self.max_gather_rows = max_gather_rows
         self.threshold = float(threshold)
         self.kernels = use_kernels(kernels, source, self.capacity, self.n_cold)
+        self.selector = block_selector(source, self.capacity, self.threshold, max_gather_rows)
+        self.backend = "kernels" if self.kernels else "xla"
 
     def fields(self, n_tokens: int) -> tuple[tuple[str, int], ...]:
         return request_fields(self.source, n_tokens, self.capacity, self.n_cold, self.max_gather_rows, self.kernels)
@@ -294,13 +219,11 @@ class ColdFFN(nnx.Module):
         h = hn_btd.reshape(n, d)
         gate = None if self.w_gate_cd is None else self.w_gate_cd[...]
         up, down = self.w_up_cd[...], self.w_down_cd[...]
-        if self.kernels:
-            y = kernel_rows(h, req.get("logits"), up, gate, down, self.kind, self.threshold, self.capacity)
-        elif self.source == "predictor":
-            y = compute_selected(h, req, up, gate, down, self.kind)
+        if self.source == "predictor" and not self.kernels:  # the accelerators selected the rows
+            y = compute_request(h, req, up, gate, down, self.kind)
         else:
-            gather = gathers(n, self.capacity, self.n_cold, self.max_gather_rows)
-            y = compute_self_selected(h, up, gate, down, self.kind, self.source, self.capacity, gather)
+            logits = req.get("logits")
+            y = block_ffn(h, logits, up, gate, down, self.kind, self.selector, self.backend, use_kernel=True)[0]
         return y.reshape(b, t, d)
 
 

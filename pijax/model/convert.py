@@ -1,8 +1,8 @@
 """Put a model on the CPU kernels: convert a loaded Llama in place, or load a GGUF straight into a weight format.
 
-- `use_kernels(model, fmt)`: attention and output-head matrices stored in `fmt`, every FFN a `KernelFFN` (a
-  predictor-mode SparseFFN keeps its predictor, threshold and capacity). The modules then compute through
-  `pijax.kernels.ops`; build a new Engine (or `model.refresh()`) afterwards.
+- `use_kernels(model, fmt)`: attention and output-head matrices stored in `fmt`, every FFN's rows (and
+  predictor) too, and its backend set to the kernels (its selector, threshold and capacity kept). The modules
+  then compute through `pijax.kernels.ops`; build a new Engine (or `model.refresh()`) afterwards.
 - `load_llama(path, fmt)`: the same model read from a GGUF tensor by tensor (memory-mapped), each matrix
   converted as it arrives, so peak memory is the converted model plus one matrix: never a second copy of a
   multi-GB model (`pijax.api.load_model` keeps the numpy checkpoint next to the module). Predictors may come from
@@ -12,6 +12,7 @@ The token embedding and the norms stay f32 (one embedding row is read per token)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -33,9 +34,11 @@ from pijax.io.fingerprint import (
 )
 from pijax.io.gguf import GGUFFile, read_gguf
 from pijax.kernels import build
-from pijax.kernels.fast_ffn import KernelFFN
 from pijax.kernels.formats import WeightFormat, check_format, to_format
+from pijax.model.ffn import FFN
 from pijax.model.llama import Llama
+from pijax.model.predictor import Predictor
+from pijax.model.rows import Selector
 
 _ATTN = {"w_q_nd": "attn_q", "w_k_nd": "attn_k", "w_v_nd": "attn_v", "w_o_dn": "attn_output"}
 
@@ -53,9 +56,10 @@ def use_kernels(
     for block in llama.layers:
         for name in _ATTN:
             setattr(block.attn, name, nnx.Param(to_format(getattr(block.attn, name)[...], fmt)))
-        block.ffn = KernelFFN.from_ffn(
-            llama.cfg, block.ffn, fmt, predictor_fmt=predictor_fmt, skip_inactive=skip_inactive
-        )
+        ffn = block.ffn
+        ffn.check(ffn.selector, "kernels", ffn.predictor)  # before any weight is converted
+        ffn.to_format(fmt, predictor_fmt)
+        ffn.configure(dataclasses.replace(ffn.selector, skip_inactive=skip_inactive), "kernels")
     if llama.w_out_vd is not None:
         llama.w_out_vd = nnx.Param(to_format(llama.w_out_vd[...], fmt))
     if hasattr(model, "refresh"):
@@ -87,9 +91,9 @@ def load_llama(
     hugepages: bool = True,
     progress: bool = True,
 ) -> Llama:
-    """A Llama whose matrices are stored in `fmt` and whose FFNs are KernelFFNs: predictor-gated when
+    """A Llama whose matrices are stored in `fmt` and whose FFNs run on the kernels: predictor-gated when
     predictors are found (in `predictors_from`, else in `path`) and `use_predictors`, dense otherwise.
-    `xla_ffn`: keep pijax's plain DenseFFN (XLA, f32 only, no predictors) instead. `hugepages`: back the
+    `xla_ffn`: dense FFNs on the XLA backend instead (f32 only, no predictors). `hugepages`: back the
     weights with transparent huge pages (`pijax.kernels.build.use_hugepages`).
 
     `pred_threshold` defaults to the predictor file's `powerinfer.sparse_threshold` (else 0); `capacities`
@@ -97,7 +101,7 @@ def load_llama(
     check_format(fmt)
     pfmt = check_format(predictor_fmt or fmt)
     if xla_ffn and fmt != "f32":
-        raise DataError(f"the XLA DenseFFN runs f32 weights, not {fmt}", path)
+        raise DataError(f"the XLA FFN runs f32 weights, not {fmt}", path)
     use_predictors = use_predictors and not xla_ffn
     f = read_gguf(path)
     cfg = model_config_from_gguf(f, ffn_act)
@@ -138,14 +142,16 @@ def load_llama(
             block.ffn.w_gate_fd = None if gate is None else nnx.Param(gate)
             block.ffn.w_down_fd = nnx.Param(to_format(down, "f32"))
             continue
-        kw: dict[str, Any] = {"skip_inactive": skip_inactive, "capacity": caps[i], "threshold": thr}
+        pred = None
         if has_pred:
-            kw |= {
-                "fc1": to_format(_stored(pf, p + "fc1.weight"), pfmt),
-                "fc2": to_format(_stored(pf, p + "fc2.weight"), pfmt),
-            }
+            pred = nnx.eval_shape(lambda: Predictor(None, 1, 1, 1, rngs=nnx.Rngs(0)))
+            pred.fc1_rd = nnx.Param(to_format(_stored(pf, p + "fc1.weight"), pfmt))
+            pred.fc2_fr = nnx.Param(to_format(_stored(pf, p + "fc2.weight"), pfmt))
+            pred.rank = int(pred.fc1_rd[...].shape[0])
+        mode = "predictor" if has_pred else "dense"
+        sel = Selector(mode, capacity=caps[i], threshold=thr, skip_inactive=skip_inactive)
         up = to_format(_stored(f, p + "ffn_up.weight"), fmt)
-        block.ffn = KernelFFN(cfg, up, gate, to_format(down, fmt), **kw)
+        block.ffn = FFN(cfg, up, gate, to_format(down, fmt), selector=sel, backend="kernels", predictor=pred)
     if hugepages:
         build.use_hugepages(nnx.state(llama))
     return llama

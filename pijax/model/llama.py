@@ -15,7 +15,7 @@ from flax import nnx
 from pijax.config import ModelConfig
 from pijax.io.weights import LayerWeights, LlamaWeights
 from pijax.kernels.ops import linear
-from pijax.model.ffn import DenseFFN
+from pijax.model.ffn import FFN
 from pijax.model.layers import Attention, KVCache, LayerCache, RMSNorm, param, rope_angles
 
 
@@ -34,7 +34,7 @@ class Block(nnx.Module):
         self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, None if w is None else w.attn_norm, dtype=dtype)
         self.attn = Attention(cfg, w, rngs=rngs, dtype=dtype)
         self.ffn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, None if w is None else w.ffn_norm, dtype=dtype)
-        self.ffn = DenseFFN(cfg, w, rngs=rngs, dtype=dtype)
+        self.ffn = FFN.from_weights(cfg, w, rngs=rngs, dtype=dtype)
 
     def attend(
         self, x_btd: jax.Array, cos: jax.Array, sin: jax.Array, cache: LayerCache | None, pos: jax.Array | int

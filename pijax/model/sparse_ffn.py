@@ -1,29 +1,14 @@
-"""The single-device sparse FFN: compute only the (predicted-)active neurons, at most a static capacity per layer.
+"""Turning a model's FFNs sparse and back, in place, and the static capacities a sparse FFN needs.
 
-Per token, a mask source scores every neuron and says which are active:
-- "predictor": the layer's predictor on the FFN input (residual stream before the norm); active when
-  logit >= pred_threshold, score = the logit (PowerInfer's path: the only one that saves up/gate work).
-- "oracle": the true activity act(gate, up) != 0 (ReLU-family models); score = |act|. For exactness tests.
-- "threshold": |act| > the layer's threshold (SiLU models, CATS/TEAL style); score = |act|.
-Per token the `capacity` top-scoring active neurons are kept (capacity is static so the step jits; neurons past
-it are dropped; unused capacity is padding with zero weight).
-
-Two execution paths, chosen statically from the number of tokens N = B*T:
-- gathered, when N * capacity <= max_gather_rows (decode, and a few tokens): the union U of the tokens'
-  selected rows (for N = 1: the selection itself) is read from up, gate and down_t (packed contiguous [F, D]
-  rows, gathers along axis 0), on CPU in chunks of CHUNK_BYTES per matrix whose products run while they are in cache;
-  every token still uses only its own selection. Reads about U/F of the weights.
-- masked dense, above that (prefill): the dense products with the selection as a mask; the same result, and
-  cheaper once the union would cover much of the layer. The crossover is measured in experiments/sparse_ffn.
-The oracle and threshold sources need the dense act to decide, so they only save the down projection.
-Dimension legend: see `pijax.model.layers`; here N = tokens (B*T), K = capacity, U = gathered rows, C = chunks.
+`sparsify` sets every `block.ffn`'s selector (pijax.model.rows.Selector: which rows; "oracle", "relu",
+"threshold" or "predictor", a per-layer capacity, the predictor or activation threshold) and, when asked, its
+backend; `densify` sets the selector back to dense. The weights are never copied. `calibrate_capacities` and
+`mask_counts` pick the capacities from profiled text. Dimension legend: see `pijax.model.layers`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import jax
@@ -31,164 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pijax.config import FfnActivation, ModelConfig
+from pijax.config import ModelConfig
 from pijax.errors import ConfigError, DataError
 from pijax.io.weights import PredictorWeights
-from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
-from pijax.model.ffn import DenseFFN
 from pijax.model.predictor import Predictor
+from pijax.model.rows import DENSE_SELECTOR, Backend, Selector
 
-MaskSource = Literal["oracle", "predictor", "threshold"]
-MASK_SOURCES: tuple[str, ...] = ("oracle", "predictor", "threshold")
-# On CPU, bytes of one matrix's rows per gathered chunk: small enough that a chunk of up, gate and down_t rows
-# stays in the core's L2 between its gather and its products (32 rows, 1.5 MB for all three at n_embd 4096 in
-# f32; 1 MB chunks measured ~10% slower on a 2 MB-L2 Xeon), large enough that the loop's per-step cost is noise.
-# Small layers take a single chunk. On accelerators a loop of small kernels only adds launches: one chunk there.
-CHUNK_BYTES = 512 << 10
-
-
-def union_rows(idx_nk: jax.Array, valid_nk: jax.Array, n_ff: int) -> tuple[jax.Array, jax.Array]:
-    """The rows any token selected, ascending, padded to a static size: (idx_u [U], keep_nu [N, U]) where
-    keep_nu[n, u] says whether token n selected row idx_u[u]. For one token it is its selection as is."""
-    if idx_nk.shape[0] == 1:
-        return idx_nk[0], valid_nk
-    sel_nf = selection_mask(idx_nk, valid_nk, n_ff)
-    any_f = sel_nf.any(axis=0)
-    u = min(n_ff, idx_nk.size)
-    idx_u = jnp.nonzero(any_f, size=u, fill_value=0)[0].astype(jnp.int32)
-    in_union = jnp.arange(u) < any_f.sum()
-    return idx_u, jnp.take(sel_nf, idx_u, axis=1) & in_union
-
-
-def take_rows(w_fd: jax.Array, idx: jax.Array) -> jax.Array:
-    """Rows idx of an [F, D] matrix: [*idx.shape, D]. The indices come from top_k, so they are in bounds and the
-    gather skips the bounds handling of jnp.take (measurably faster on CPU)."""
-    return w_fd.at[idx].get(mode="promise_in_bounds")
-
-
-def gathered_ffn(
-    h_nd: jax.Array,
-    idx_u: jax.Array,
-    keep_nu: jax.Array,
-    w_up_fd: jax.Array,
-    w_gate_fd: jax.Array | None,
-    w_down_fd: jax.Array,
-    kind: FfnActivation,
-    act_nf: jax.Array | None = None,
-    chunk_bytes: int | None = None,
-) -> jax.Array:
-    """sum_u keep[n,u] * act_n(row idx_u[u]) * down_t[idx_u[u]], reading only rows idx_u: [N, D].
-
-    With `act_nf` given (oracle/threshold sources) act is read from it and only down_t rows are gathered."""
-    u = idx_u.shape[0]
-    if chunk_bytes is None:
-        chunk_bytes = CHUNK_BYTES if jax.default_backend() == "cpu" else 1 << 62
-    chunk_rows = max(1, chunk_bytes // (w_down_fd.shape[1] * w_down_fd.dtype.itemsize))
-    n_chunks = max(1, math.ceil(u / chunk_rows))
-    c = math.ceil(u / n_chunks)
-    pad = n_chunks * c - u
-    idx_u = jnp.pad(idx_u, (0, pad))  # padding reads row 0 with zero weight
-    keep_nu = jnp.pad(keep_nu, ((0, 0), (0, pad)))
-    idx_cr = idx_u.reshape(n_chunks, c)
-    keep_cnr = keep_nu.reshape(keep_nu.shape[0], n_chunks, c).transpose(1, 0, 2)
-
-    def chunk(y_nd: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
-        rows, keep_nr = xs
-        if act_nf is None:
-            gate = None if w_gate_fd is None else take_rows(w_gate_fd, rows)
-            act = rows_activation(h_nd, take_rows(w_up_fd, rows), gate, kind)
-        else:
-            act = jnp.take(act_nf, rows, axis=1)
-        act = jnp.where(keep_nr, act, 0.0)
-        return y_nd + jnp.einsum("nr,rd->nd", act, take_rows(w_down_fd, rows)), None
-
-    y0 = jnp.zeros((h_nd.shape[0], w_down_fd.shape[1]), h_nd.dtype)
-    return jax.lax.scan(chunk, y0, (idx_cr, keep_cnr))[0]
-
-
-class SparseFFN(nnx.Module):
-    """Replaces `block.ffn`: `ffn(h_btd, ffn_in_btd)` computes at most `capacity` neurons per token."""
-
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        dense: DenseFFN | SimpleNamespace,
-        *,
-        mode: MaskSource,
-        capacity: int | None = None,
-        predictor: Predictor | None = None,
-        pred_threshold: float = 0.0,
-        act_threshold: float | None = None,
-        max_gather_rows: int | None = None,
-    ):
-        if mode not in MASK_SOURCES:
-            raise ConfigError(f"sparse FFN mask source {mode!r} is not one of {MASK_SOURCES}")
-        if mode == "predictor" and predictor is None:
-            raise ConfigError("mask source 'predictor' needs a predictor")
-        if mode == "threshold" and act_threshold is None:
-            raise ConfigError("mask source 'threshold' needs an activation threshold")
-        capacity = cfg.n_ff if capacity is None else int(capacity)
-        if not 1 <= capacity <= cfg.n_ff:
-            raise ConfigError(f"sparse FFN capacity {capacity} must be in [1, n_ff={cfg.n_ff}]")
-        self.cfg = cfg
-        self.kind: FfnActivation = cfg.ffn_act
-        self.n_ff = cfg.n_ff
-        self.mode: MaskSource = mode
-        self.capacity = capacity
-        self.max_gather_rows = cfg.n_ff // 2 if max_gather_rows is None else int(max_gather_rows)
-        self.pred_threshold = float(pred_threshold)
-        self.act_threshold = None if act_threshold is None else float(act_threshold)
-        self.w_up_fd = dense.w_up_fd
-        self.w_gate_fd = dense.w_gate_fd
-        self.w_down_fd = dense.w_down_fd
-        self.predictor = predictor
-
-    def activations(self, h_btd: jax.Array) -> jax.Array:
-        """The true (dense) per-neuron outputs [B, T, F], as `DenseFFN.activations` (profiling reads these)."""
-        b, t, d = h_btd.shape
-        gate = None if self.w_gate_fd is None else self.w_gate_fd[...]
-        return rows_activation(h_btd.reshape(b * t, d), self.w_up_fd[...], gate, self.kind).reshape(b, t, -1)
-
-    def mask_scores(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        """(score [B,T,F], active [B,T,F], dense act [B,T,F] or None when the source did not need it)."""
-        if self.mode == "predictor":
-            logits = self.predictor(ffn_in_btd)
-            return logits, logits >= self.pred_threshold, None
-        act = self.activations(h_btd)
-        mag = jnp.abs(act)
-        active = act != 0 if self.mode == "oracle" else mag > self.act_threshold
-        return mag, active, act
-
-    def gathers(self, n_tokens: int) -> bool:
-        """Whether a call on `n_tokens` tokens takes the gathered path (else masked dense)."""
-        return self.capacity < self.n_ff and n_tokens * self.capacity <= self.max_gather_rows
-
-    def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:
-        b, t, d = h_btd.shape
-        n = b * t
-        score, active, act = self.mask_scores(h_btd, ffn_in_btd)
-        w_down = self.w_down_fd[...]
-        if self.capacity >= self.n_ff:
-            keep = active  # no cap: every active neuron is kept
-        else:
-            idx, valid = select_rows(score.reshape(n, -1), active.reshape(n, -1), self.capacity)
-            if self.gathers(n):
-                idx_u, keep_nu = union_rows(idx, valid, self.n_ff)
-                y = gathered_ffn(
-                    h_btd.reshape(n, d),
-                    idx_u,
-                    keep_nu,
-                    self.w_up_fd[...],
-                    None if self.w_gate_fd is None else self.w_gate_fd[...],
-                    w_down,
-                    self.kind,
-                    act_nf=None if act is None else act.reshape(n, -1),
-                )
-                return y.reshape(b, t, d)
-            keep = selection_mask(idx, valid, self.n_ff).reshape(b, t, -1)
-        if act is None:
-            act = self.activations(h_btd)
-        return down_project(jnp.where(keep, act, 0.0), w_down)
+MaskSource = Literal["oracle", "relu", "predictor", "threshold"]
+MASK_SOURCES: tuple[str, ...] = ("oracle", "relu", "predictor", "threshold")
 
 
 def _n_layer(llama: Any) -> int:
@@ -213,12 +48,16 @@ def sparsify(
     pred_threshold: float | Sequence[float] | None = None,
     act_thresholds: Sequence[float] | np.ndarray | None = None,
     max_gather_rows: int | None = None,
+    backend: Backend | None = None,
 ) -> None:
-    """Swap every `block.ffn` of a Model (or a bare Llama) for a SparseFFN, in place.
+    """Make every FFN of a Model (or a bare Llama) select rows by `mode`, in place (see the module docstring).
 
-    `capacities` None means no cap (n_ff). In predictor mode `predictors` defaults to those of the model's
-    checkpoint (a PowerInfer-style GGUF), and `pred_threshold` None to the checkpoint's
-    `powerinfer.sparse_threshold` (0 without one). Per-layer arguments must have one entry per layer."""
+    `capacities` None means no cap. In predictor mode `predictors` defaults to those of the model's checkpoint
+    (a PowerInfer-style GGUF), and `pred_threshold` None to the checkpoint's `powerinfer.sparse_threshold` (0
+    without one). Per-layer arguments must have one entry per layer. `backend` None keeps each FFN's. Everything
+    is checked before any block changes."""
+    if mode not in MASK_SOURCES:
+        raise ConfigError(f"sparse FFN mask source {mode!r} is not one of {MASK_SOURCES}")
     llama = getattr(model, "module", model)
     cfg: ModelConfig = llama.cfg
     n_layer = _n_layer(llama)
@@ -229,8 +68,8 @@ def sparsify(
         predictors = None if ckpt is None else ckpt.weights.predictors
         if predictors is None:
             raise ConfigError("mask source 'predictor' needs predictors (the model file has none)")
-    caps = _layer_list(capacities, n_layer, "capacities") or [cfg.n_ff] * n_layer
-    preds = _layer_list(predictors, n_layer, "predictors")
+    caps = _layer_list(capacities, n_layer, "capacities") or [None] * n_layer
+    preds = _layer_list(predictors, n_layer, "predictors") if mode == "predictor" else None
     thr = _layer_list(None if act_thresholds is None else list(np.asarray(act_thresholds)), n_layer, "thresholds")
     if mode == "threshold" and thr is None:
         raise ConfigError("mask source 'threshold' needs per-layer act_thresholds")
@@ -239,11 +78,8 @@ def sparsify(
         if np.isscalar(pred_threshold)
         else _layer_list(list(pred_threshold), n_layer, "predictor thresholds")
     )
-    new_ffns = []  # all built (and checked) before any block is touched
+    todo = []  # all built (and checked) before any block is touched
     for i, block in enumerate(llama.layers):
-        dense = block.ffn
-        if isinstance(dense, SparseFFN):
-            dense = SimpleNamespace(w_up_fd=dense.w_up_fd, w_gate_fd=dense.w_gate_fd, w_down_fd=dense.w_down_fd)
         pred = None
         if preds is not None:
             p = preds[i]
@@ -253,37 +89,30 @@ def sparsify(
                     f"predictor {i} has fc1 {pred.fc1_rd[...].shape}, fc2 {pred.fc2_fr[...].shape}: "
                     f"not for a model with n_embd {cfg.n_embd}, n_ff {cfg.n_ff}"
                 )
-        new_ffn = SparseFFN(
-            cfg,
-            dense,
-            mode=mode,
-            capacity=caps[i],
-            predictor=pred,
-            pred_threshold=pts[i],
-            act_threshold=None if thr is None else float(thr[i]),
+        cap = caps[i]
+        if cap is not None and not 1 <= int(cap) <= cfg.n_ff:
+            raise ConfigError(f"sparse FFN capacity {cap} must be in [1, n_ff={cfg.n_ff}]")
+        sel = Selector(
+            mode,
+            capacity=None if cap is None else int(cap),
+            threshold=float(thr[i]) if mode == "threshold" else float(pts[i]),
             max_gather_rows=max_gather_rows,
+            skip_inactive=block.ffn.selector.skip_inactive,
         )
-        new_ffns.append(new_ffn)
-    for block, new_ffn in zip(llama.layers, new_ffns, strict=True):
-        block.ffn = new_ffn
+        be = block.ffn.backend if backend is None else backend
+        block.ffn.check(sel, be, pred)
+        todo.append((block.ffn, sel, be, pred))
+    for ffn, sel, be, pred in todo:
+        ffn.configure(sel, be, pred)
     if hasattr(model, "refresh"):
         model.refresh()
 
 
 def densify(model: Any) -> None:
-    """Undo `sparsify`: every SparseFFN becomes a DenseFFN over the same weights again."""
+    """Undo `sparsify`: every FFN computes every row again (its backend and weights unchanged)."""
     llama = getattr(model, "module", model)
     for block in llama.layers:
-        if isinstance(block.ffn, SparseFFN):
-            sp = block.ffn
-            # Build from tiny placeholders, then hand over the very same Params (no copy of the weights).
-            cfg = sp.cfg.replace(n_ff=1, n_embd=1)
-            stub = SimpleNamespace(
-                up=np.zeros(1), gate=None if sp.w_gate_fd is None else np.zeros(1), down_t=np.zeros(1)
-            )
-            dense = DenseFFN(cfg, stub, rngs=nnx.Rngs(0))
-            dense.w_up_fd, dense.w_gate_fd, dense.w_down_fd = sp.w_up_fd, sp.w_gate_fd, sp.w_down_fd
-            block.ffn = dense
+        block.ffn.configure(DENSE_SELECTOR, None, None)
     if hasattr(model, "refresh"):
         model.refresh()
 
@@ -367,7 +196,7 @@ def mask_counts(
             if mode == "predictor":
                 pm = nnx.merge(*pstate)[i]
                 active = pm(r["ffn_in"]) >= pts[i]
-            elif mode == "oracle":
+            elif mode in ("oracle", "relu"):
                 active = r["act"] != 0
             else:
                 active = jnp.abs(r["act"]) > thr[i]

@@ -10,7 +10,7 @@ A criterion scores what a layer may skip; an entry is skipped when its score is 
 Scores are >= 0, so t = 0 skips only exact zeros, which changes nothing: sparsity 0 is the dense model.
 
 `masked_forward` is the dense model's forward with each layer's FFN replaced by `masked_ffn` (the same weights,
-`ffn_activation` and `down_project` as `pijax.model.ffn`), and it also returns the share of entries skipped per
+`ffn_activation` and `down_project` as `pijax.model.ffn.FFN`), and it also returns the share of entries skipped per
 layer; thresholds are an argument, so one compiled function serves every sparsity level.
 Dimension legend: see `pijax.model.layers`.
 """
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from pijax.errors import ConfigError
 from pijax.kernels.reference import down_project, ffn_activation
-from pijax.model.ffn import DenseFFN
+from pijax.model.ffn import FFN
 
 Criterion = Literal["cats", "oracle", "teal"]
 CRITERIA: tuple[str, ...] = ("cats", "oracle", "teal")
@@ -41,7 +41,7 @@ def criterion_width(criterion: str, n_embd: int, n_ff: int) -> int:
     return n_embd if check_criterion(criterion) == "teal" else n_ff
 
 
-def _gate_up(ffn: DenseFFN, hn_btd: jax.Array) -> tuple[jax.Array | None, jax.Array]:
+def _gate_up(ffn: FFN, hn_btd: jax.Array) -> tuple[jax.Array | None, jax.Array]:
     up = jnp.einsum("btd,fd->btf", hn_btd, ffn.w_up_fd[...])
     gate = None if ffn.w_gate_fd is None else jnp.einsum("btd,fd->btf", hn_btd, ffn.w_gate_fd[...])
     return gate, up
@@ -53,7 +53,7 @@ def _neuron_scores(criterion: str, gate: jax.Array | None, up: jax.Array, act: j
     return jnp.abs(ffn_activation(None, gate, kind))  # act(gate) alone: ffn_activation without a gate
 
 
-def scores(ffn: DenseFFN, hn_btd: jax.Array, criterion: str) -> jax.Array:
+def scores(ffn: FFN, hn_btd: jax.Array, criterion: str) -> jax.Array:
     """|score| per entry the criterion decides on: [B, T, D] for teal, [B, T, F] otherwise."""
     if criterion == "teal":
         return jnp.abs(hn_btd)
@@ -61,7 +61,7 @@ def scores(ffn: DenseFFN, hn_btd: jax.Array, criterion: str) -> jax.Array:
     return _neuron_scores(criterion, gate, up, ffn_activation(gate, up, ffn.kind), ffn.kind)
 
 
-def masked_ffn(ffn: DenseFFN, hn_btd: jax.Array, criterion: str, threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
+def masked_ffn(ffn: FFN, hn_btd: jax.Array, criterion: str, threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The FFN output with entries scoring <= threshold skipped, and the share skipped (a scalar)."""
     if criterion == "teal":
         keep = jnp.abs(hn_btd) > threshold
