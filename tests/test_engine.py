@@ -130,23 +130,28 @@ def test_hybrid_generates_like_the_sparse_engine(model, stats, tmp_path):
 
 
 def test_bad_input_is_one_clear_error(model, tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match="mode='bogus' is not one of"):
-        model.sparse(mode="bogus")
-    with pytest.raises(ConfigError, match="not one of"):
-        model.sparse(mode="relu", backend="gpu-please")
-    with pytest.raises(ConfigError, match="dense activations"):
-        model.sparse(mode="oracle", backend="kernels")
+    def one_line(call, error, match):
+        with pytest.raises(error, match=match) as got:
+            call()
+        assert "\n" not in str(got.value)
+
+    one_line(lambda: model.sparse(mode="bogus"), ConfigError, "mode='bogus' is not one of")
+    one_line(lambda: model.hybrid("ffn:50%", mode="bogus"), ConfigError, "mode='bogus' is not one of")
+    one_line(lambda: model.sparse(mode="relu", backend="gpu-please"), ConfigError, "not one of")
+    one_line(lambda: model.sparse(mode="oracle", backend="kernels"), ConfigError, "dense activations")
     silu = pijax.load_model(STORIES260K)
-    with pytest.raises(ConfigError, match="SiLU"):
-        silu.sparse(mode="relu")
-    with pytest.raises(ConfigError, match="SiLU model"):
-        silu.hybrid("ffn:50%")
-    with pytest.raises(BudgetError):
-        model.hybrid(100_000, index_path=tmp_path / "x.gpuidx")  # below the dense part
+    one_line(lambda: silu.sparse(mode="relu"), ConfigError, "SiLU")
+    one_line(lambda: silu.hybrid("ffn:50%"), ConfigError, "SiLU model")
+    one_line(lambda: silu.hybrid("ffn:50%", mode="threshold"), ConfigError, "SiLU model")
+    below = lambda: model.hybrid(100_000, index_path=tmp_path / "x.gpuidx")  # noqa: E731
+    one_line(below, BudgetError, "dense part")
     monkeypatch.setattr(setup.build, "load", lambda: None)
     monkeypatch.setattr(setup.build, "status", lambda: "disabled for this test")
-    with pytest.raises(ConfigError, match="backend 'kernels' was requested but is unavailable"):
-        model.sparse(mode="relu", backend="kernels")
+    unavailable = "backend 'kernels' was requested but is unavailable"
+    one_line(lambda: model.sparse(mode="relu", backend="kernels"), ConfigError, unavailable)
+    one_line(
+        lambda: model.hybrid("ffn:50%", backend="kernels", index_path=tmp_path / "y.gpuidx"), ConfigError, unavailable
+    )
     assert model.sparse(mode="relu").setup.backend == "xla"  # auto falls back, and says so in its log line
 
 

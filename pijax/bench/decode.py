@@ -5,7 +5,7 @@
 `BenchConfig.preset` (built on first use by `pijax.bench.synth`; or a GGUF path):
 - llama.cpp (llama-cpp-python, n_threads = `threads`) dense f32 and f16 on plain copies of the model, in child
   processes, once before and once after pijax's measurements (so a load change shows);
-- pijax dense f32 (XLA's DenseFFN, and the kernel FFN), sparse f32 (predictors, ~10% predicted active), sparse in
+- pijax dense f32 (the FFN on XLA, and on the kernels), sparse f32 (predictors, ~10% predicted active), sparse in
   each low-precision format: prefill and decode tokens/s, medians of `repeats` after a warm-up;
 - the bound: read bandwidth (re-measured before every repeat) over the bytes a decode step must read: attention,
   output head, predictors, the predicted-active FFN rows (3 per neuron), the KV cache; and the bytes the kernel

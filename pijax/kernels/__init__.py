@@ -4,6 +4,6 @@ layer, below pijax.model.
 `pijax.kernels.build` compiles and registers them (or says why not), `pijax.kernels.formats` holds the storage
 formats (f32, f16, bf16, int8 rows with scales), `pijax.kernels.reference` the FFN math every path shares (the XLA
 reference: activation, row selection, down projection), `pijax.kernels.ops` the operations with their pure-JAX
-references, and `pijax.kernels.fast_ffn` the FFN module that uses them. Converting a
+references. The FFN module that uses them is `pijax.model.ffn.FFN` (backend "kernels"). Converting a
 loaded model to them, or loading a GGUF straight onto them, is `pijax.model.convert` (it builds a pijax.model).
 """

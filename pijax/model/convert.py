@@ -144,10 +144,8 @@ def load_llama(
             continue
         pred = None
         if has_pred:
-            pred = nnx.eval_shape(lambda: Predictor(None, 1, 1, 1, rngs=nnx.Rngs(0)))
-            pred.fc1_rd = nnx.Param(to_format(_stored(pf, p + "fc1.weight"), pfmt))
-            pred.fc2_fr = nnx.Param(to_format(_stored(pf, p + "fc2.weight"), pfmt))
-            pred.rank = int(pred.fc1_rd[...].shape[0])
+            fc1, fc2 = (to_format(_stored(pf, p + f"{n}.weight"), pfmt) for n in ("fc1", "fc2"))
+            pred = Predictor.from_rows(fc1, fc2)
         mode = "predictor" if has_pred else "dense"
         sel = Selector(mode, capacity=caps[i], threshold=thr, skip_inactive=skip_inactive)
         up = to_format(_stored(f, p + "ffn_up.weight"), fmt)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from pijax.errors import TensorError
 from pijax.io.weights import PredictorWeights
+from pijax.kernels.formats import Weight
 from pijax.model.layers import param
 
 
@@ -45,6 +46,15 @@ class Predictor(nnx.Module):
     def from_weights(cls, weights: PredictorWeights, *, dtype: jnp.dtype = jnp.float32) -> Predictor:
         f, r = weights.fc2.shape
         return cls(weights, int(weights.fc1.shape[1]), int(f), int(r), rngs=nnx.Rngs(0), dtype=dtype)
+
+    @classmethod
+    def from_rows(cls, fc1_rd: Weight, fc2_fr: Weight) -> Predictor:
+        """A predictor over matrices in any storage format (pijax.kernels.formats), kept as they are: the
+        kernels read them in place (`pijax.model.ffn.FFN.predictor_logits`)."""
+        p = nnx.eval_shape(lambda: cls(None, 1, 1, 1, rngs=nnx.Rngs(0)))  # shapes only: no weights drawn
+        p.fc1_rd, p.fc2_fr = nnx.Param(fc1_rd), nnx.Param(fc2_fr)
+        p.rank = int(fc1_rd.shape[0])
+        return p
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         """Logits [B, T, F]."""
