@@ -200,7 +200,7 @@ def test_shipped_predictors_gate_the_sparse_model(windows):
         agree = np.mean([(s.logits(t).argmax(-1) == r.argmax(-1)).mean() for t, r in zip(tokens, ref, strict=True)])
         assert agree >= 0.97
     ps.apply(model)
-    assert model.module.layers[0].ffn.capacity == ps.capacities[0]
+    assert model.module.layers[0].ffn.selector.capacity == ps.capacities[0]
 
 
 def test_experiment_config_spells_out_the_defaults():

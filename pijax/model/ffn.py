@@ -86,8 +86,6 @@ class FFN(nnx.Module):
                 f"selector {selector.mode!r} (capacity {selector.capacity}) needs the dense activations, which the "
                 "kernels do not compute: use backend 'xla'"
             )
-        if backend == "xla" and selector.mode != "dense" and self.w_up_fd[...].dtype != jnp.float32:
-            raise ConfigError(f"the XLA sparse FFN runs f32 weights, not {self.w_up_fd[...].dtype}: use the kernels")
 
     def configure(
         self, selector: Selector | None = None, backend: Backend | None = None, predictor: Any = dataclasses.MISSING

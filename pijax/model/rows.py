@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from pijax.config import FfnActivation
 from pijax.errors import ConfigError
-from pijax.kernels.formats import Weight, dequantize
+from pijax.kernels.formats import QuantRows, Weight, dequantize
 from pijax.kernels.ops import sparse_ffn
 from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
 
@@ -201,6 +201,11 @@ def compute_request(
     return masked_down(act_nk, req["keep"], down_kd)
 
 
+def _on_xla(w: Weight | None) -> jax.Array | None:
+    # int8 rows have no XLA product: dequantized per call. Float storage (f32, or bf16 on an accelerator) as is.
+    return dequantize(w) if isinstance(w, QuantRows) else w
+
+
 def block_ffn(
     h_nd: jax.Array,
     logits_nk: jax.Array | None,
@@ -234,8 +239,7 @@ def block_ffn(
             use_kernel=use_kernel,
         )
         return y.astype(h_nd.dtype), n_sel
-    up, down = dequantize(up), dequantize(down)
-    gate = None if gate is None else dequantize(gate)
+    up, gate, down = (_on_xla(w) for w in (up, gate, down))
     if sel.mode == "dense":
         return masked_down(rows_activation(h_nd, up, gate, kind), None, down), None
     act = None if sel.mode == "predictor" else rows_activation(h_nd, up, gate, kind)
