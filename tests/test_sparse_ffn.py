@@ -221,3 +221,24 @@ def test_bad_inputs_give_clear_errors(relu_model):
     with pytest.raises(DataError, match="predictors are given for 4 layers"):
         sparsify(model, mode="predictor", predictors=tiny[:4])
     assert all(b.ffn.selector.mode == "dense" for b in model.module.layers)  # a failed call changed nothing
+
+
+@pytest.mark.parametrize("n_tokens", [1, 12])
+def test_one_ffn_module_changes_selector_and_backend_over_the_same_weights(n_tokens):
+    cfg, ffn, _ = _layer()
+    up = ffn.w_up_fd
+    h = jnp.asarray(np.random.default_rng(2).normal(size=(1, n_tokens, cfg.n_embd)).astype(np.float32))
+    dense = np.asarray(ffn(h, h))
+    for sel, backend in ((Selector("relu"), "kernels"), (Selector("relu"), "xla"), (Selector("oracle"), "xla")):
+        ffn.configure(sel, backend)
+        assert ffn.w_up_fd is up  # no copy of the rows
+        np.testing.assert_allclose(np.asarray(ffn(h, h)), dense, atol=1e-5 * np.abs(dense).max(), rtol=0)
+    with pytest.raises(ConfigError, match="needs the dense activations"):
+        ffn.configure(Selector("threshold", threshold=0.1), "kernels")
+    with pytest.raises(ConfigError, match="needs a predictor"):
+        ffn.configure(Selector("predictor"))
+    assert ffn.selector == Selector("oracle") and ffn.backend == "xla"  # a refused change left it as it was
+    with pytest.raises(ConfigError, match="selector mode 'bogus' is not one of"):
+        Selector("bogus")
+    with pytest.raises(ConfigError, match="FFN backend 'gpu' is not one of"):
+        ffn.configure(backend="gpu")
