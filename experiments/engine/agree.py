@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -26,26 +27,41 @@ def one_process(preset: str, n_accel: int, budgets: list[str], floor: float) -> 
     hw = HardwareConfig(platform="cpu", n_accel=n_accel)
     placement = setup_devices(hw)  # before jax starts
 
+    import jax
+    import jax.numpy as jnp
+
     import pijax
     from pijax.bench.synth import ensure_synth_model
     from pijax.engine.pipeline import profile_windows
+    from pijax.model.generate import SamplingConfig
     from pijax.sparsity.profile import profile
 
     m = pijax.load_model(ensure_synth_model(preset, progress=False))
-    ids = list(range(1, 25))
+    ids = list(range(1, 17))
     rows = []
+
+    def logits(x: Any) -> np.ndarray:
+        """The full-sequence logits, then a 4-token prefill and one-token decode steps (the kernels' and the
+        gathered paths' sizes)."""
+        key, greedy = jax.random.key(0), SamplingConfig()
+        _, lg, cache = x.engine.prefill(ids[:4], 32, greedy, key)
+        out = [np.asarray(lg[0])]
+        for pos in range(4, len(ids)):
+            _, lg, cache = x.engine.decode_step(cache, jnp.asarray([ids[pos]], jnp.int32), pos, greedy, key)
+            out.append(np.asarray(lg[0]))
+        return np.concatenate([x.logits(ids), np.stack(out)])
 
     def case(name: str, got: np.ndarray, want: np.ndarray) -> None:
         rel = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
         rows.append({"preset": preset, "n_accel": n_accel, "case": name, "rel_diff": rel, "ok": rel <= floor})
 
-    sparse = m.sparse(mode="predictor", backend="kernels").logits(ids)
+    sparse = logits(m.sparse(mode="predictor", backend="kernels"))
     if n_accel == 1:
-        dense = m.logits(ids)
-        case("relu (kernels) vs dense", m.sparse(mode="relu", backend="kernels").logits(ids), dense)
-        case("relu (xla) vs dense", m.sparse(mode="relu", backend="xla").logits(ids), dense)
-        case("oracle (xla) vs dense", m.sparse(mode="oracle", backend="xla").logits(ids), dense)
-        case("predictor xla vs kernels", m.sparse(mode="predictor", backend="xla").logits(ids), sparse)
+        dense = logits(m)
+        case("relu (kernels) vs dense", logits(m.sparse(mode="relu", backend="kernels")), dense)
+        case("relu (xla) vs dense", logits(m.sparse(mode="relu", backend="xla")), dense)
+        case("oracle (xla) vs dense", logits(m.sparse(mode="oracle", backend="xla")), dense)
+        case("predictor xla vs kernels", logits(m.sparse(mode="predictor", backend="xla")), sparse)
     stats = profile(m, profile_windows(m, None, 128, 2048), mode="relu", progress=False)
     for b in budgets:
         h = m.hybrid(
@@ -56,7 +72,7 @@ def one_process(preset: str, n_accel: int, budgets: list[str], floor: float) -> 
             index_path=f"/tmp/agree_{preset}_{n_accel}_{b}.gpuidx",
             capacity_quantile=None,
         )
-        case(f"hybrid ffn:{b}% vs sparse", h.logits(ids), sparse)
+        case(f"hybrid ffn:{b}% vs sparse", logits(h), sparse)
     return rows
 
 
@@ -75,7 +91,9 @@ def main() -> None:
     rows = []
     for n in (int(a) for a in args.accels.split(",")):
         cmd = [sys.executable, __file__, "--preset", args.preset, "--budgets", args.budgets, "--one", str(n)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if out.returncode:
+            sys.exit(f"{args.preset} on {n} accelerators failed:\n{out.stderr[-3000:]}")
         rows += json.loads(out.stdout.strip().splitlines()[-1])
     for r in rows:
         print(
