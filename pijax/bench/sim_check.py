@@ -1,6 +1,6 @@
 """The simulator's check: calibrate this machine, run the real decode at several budgets, compare with the model.
 
-    python -m pijax.bench.simulate --check --model stories260k [--smoke] [--out experiments/simulate]
+    python -m pijax.bench.sim_check --model stories260k [--smoke] [--out experiments/simulate]
 
 In one process, so that the machine's load weighs on both alike: the calibration (pijax.bench.calibrate, its
 terms from micro-benchmarks and tiny random models only, never from the model checked), then for the model:
@@ -84,9 +84,12 @@ def read_bytes(module: Any, n_cache: int) -> dict[str, int]:
     }
 
 
-def _predictor_bytes(model: Any) -> int:
+def hybrid_dense_bytes(model: Any, rb: dict[str, Any]) -> int:
+    """Bytes a hybrid (or predictor-sparse) step reads besides its FFN rows: the weights but the FFN, the
+    predictors (f32) and the KV cache."""
     preds = model.checkpoint.weights.predictors or []
-    return sum(4 * (np.asarray(p.fc1).size + np.asarray(p.fc2).size) for p in preds)
+    pred = sum(4 * (np.asarray(p.fc1).size + np.asarray(p.fc2).size) for p in preds)
+    return int(rb["weights"] - rb["ffn"] + pred + rb["kv"])
 
 
 def _time(engine: Any, prompt: list[int], cc: CheckConfig, name: str) -> tuple[float, tuple[float, ...]]:
@@ -162,7 +165,7 @@ def run_check(cc: CheckConfig, out_dir: Path) -> list[dict[str, Any]]:
     with jax.default_device(placement.host):
         trace = collect_trace(model, windows, stats.counts, stats.n_tokens, source="predictor", progress=False)
     shares = trace.row_share(rb["gated"])
-    dense_part = rb["weights"] - rb["ffn"] + _predictor_bytes(model) + rb["kv"]
+    dense_part = hybrid_dense_bytes(model, rb)
 
     with jax.default_device(placement.host):
         sparse = model.sparse("predictor")
@@ -260,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from pijax.errors import PijaxError
     from pijax.results import write_results_csv
 
-    ap = argparse.ArgumentParser(prog="python -m pijax.bench.simulate --check", description=__doc__.split("\n")[0])
-    ap.add_argument("--check", action="store_true", help="(the mode this entry point runs)")
+    ap = argparse.ArgumentParser(prog="python -m pijax.bench.sim_check", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, choices=MODELS)
     ap.add_argument("--smoke", action="store_true", help="smoke calibration and short runs (seconds; for tests)")
     ap.add_argument("--out", default=str(Path("experiments") / "simulate"))
@@ -299,3 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"\n{table}\n\nresults: {csv} ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -485,9 +485,3 @@ def check_table_markdown(csv_path: str | os.PathLike[str], limit: float = 0.25) 
                     f"max abs {100 * max(abs(e) for e in errs):.0f}%"
                 )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m pijax.bench.simulate --check --model M: the check against measured runs
-    from pijax.bench.sim_check import main
-
-    raise SystemExit(main())
