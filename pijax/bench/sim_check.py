@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,7 +190,15 @@ def run_check(cc: CheckConfig, out_dir: Path) -> list[dict[str, Any]]:
     rows.append(_row("sparse", measured, runs, secs, **common, hot_fraction=math.nan))
 
     for pct in cc.budgets:
-        setup = model.hybrid(f"ffn:{pct}%", policy=cc.policy, placement=placement, stats=stats, n_ctx=cc.n_ctx).setup
+        setup = model.hybrid(
+            f"ffn:{pct}%",
+            policy=cc.policy,
+            placement=placement,
+            stats=stats,
+            n_ctx=cc.n_ctx,
+            profile_tokens=cc.profile_tokens,  # the text the compiled capacities are calibrated on
+            index_path=Path(tempfile.gettempdir()) / "pijax-sim-check" / f"{cc.model}-{pct}.gpuidx",
+        ).setup
         engine = setup.engine
         measured, runs = _time(engine, prompt, cc, f"hybrid {pct}%")
         caps = setup.capacities
