@@ -54,7 +54,7 @@ FULL = {
     "fractions": (0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
     "layers_engine": 8,
     "engine_tokens": 32,
-    "engine_repeats": 5,
+    "engine_repeats": 11,
 }
 SMOKE = {
     "n": 1024,
@@ -63,7 +63,7 @@ SMOKE = {
     "fractions": (0.05, 0.25, 1.0),
     "layers_engine": 2,
     "engine_tokens": 8,
-    "engine_repeats": 2,
+    "engine_repeats": 3,
 }
 
 

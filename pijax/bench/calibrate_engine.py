@@ -11,9 +11,9 @@ transfers). `measure_engine_terms(placement, size, read_gbs)` returns, in micros
   with the host's embedding round trip, and an all-hot layer), from a 1-layer and an L-layer all-hot model;
 - handover_us: what each split layer adds (the engine's round trip accelerator -> host -> accelerator with its
   calls and device_puts): (the L-layer all-split step - the L-layer all-hot step) / L.
-Every step time is the median decode tok/s of `pijax.bench.throughput.time_generation` (the engine's own token
-loop, as the check measures the real models), minus the tiny model's weight bytes at the measured read
-bandwidth. The hybrid models use the predictor source with random predictors, on the backends
+Every step time is the median over `engine_repeats` runs of `engine_tokens` decode steps driven as the engine's
+token loop drives them, the six engines timed in turn round after round (so that the machine's load weighs on
+all alike), minus the tiny model's weight bytes at the measured read bandwidth. The hybrid models use the predictor source with random predictors, on the backends
 `pijax.engine.pipeline` picks (the kernels on CPU).
 """
 
@@ -98,11 +98,10 @@ def _predictors(n_layer: int) -> list[Any]:
     ]
 
 
-def _step_seconds(engine: Any, size: dict[str, Any]) -> float:
-    """Seconds per decode step of `engine` (a dense Engine or a HybridEngine), driven as `Engine.generate` drives
-    it (dispatch the next step, then read the previous token); the median over `engine_repeats` runs of
-    `engine_tokens` steps. Only the decode step is compiled (no prefill: it is not timed)."""
-    import statistics
+def _stepper(engine: Any, n_steps: int) -> Any:
+    """A function timing `n_steps` decode steps of `engine` (a dense Engine or a HybridEngine), driven as
+    `Engine.generate` drives them (dispatch the next step, then read the previous token): seconds per step.
+    Only the decode step is compiled (no prefill: it is not timed); the first call compiles and warms."""
     import time
 
     import jax
@@ -121,19 +120,33 @@ def _step_seconds(engine: Any, size: dict[str, Any]) -> float:
         tok = jax.ShapeDtypeStruct((1,), jnp.int32)
         step = engine._compile("decode", engine._decode_fn, (greedy,), (engine.leaves, shapes, tok, i32, key))
         cache = init_cache(engine.cfg, 1, n_cache, engine.dtype)
-    cur, pos = jnp.ones((1,), jnp.int32), jnp.asarray(8, jnp.int32)
-    times = []
-    for run in range(size["engine_repeats"] + 1):  # the first run compiles and warms
-        pos = jnp.asarray(8, jnp.int32)
+    state = {"cache": cache, "cur": jnp.ones((1,), jnp.int32)}
+
+    def run() -> float:
+        cache, cur, pos = state["cache"], state["cur"], jnp.asarray(8, jnp.int32)
         t0 = time.perf_counter()
-        for _ in range(size["engine_tokens"]):
+        for _ in range(n_steps):
             nxt, _, cache, pos = step(engine.leaves, cache, cur, pos, key)
             np.asarray(cur)
             cur = nxt
         jax.block_until_ready(cur)
-        if run:
-            times.append((time.perf_counter() - t0) / size["engine_tokens"])
-    return statistics.median(times)
+        state["cache"], state["cur"] = cache, cur
+        return (time.perf_counter() - t0) / n_steps
+
+    run()
+    return run
+
+
+def _interleaved(steppers: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Median seconds per step of each stepper, timed in turn round after round, so that a change in the
+    machine's load weighs on all of them alike (their differences are the terms)."""
+    import statistics
+
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for _ in range(rounds):
+        for k, run in steppers.items():
+            times[k].append(run())
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _weight_seconds(module: Any, read_gbs: float) -> float:
@@ -236,24 +249,26 @@ def measure_engine_terms(placement: Any, size: dict[str, Any], read_gbs: float) 
 
     from pijax.model.generate import Engine
 
-    n = size["layers_engine"]
+    n, steps = size["layers_engine"], size["engine_tokens"]
     one, many = _llama(1, placement.host), _llama(n, placement.host)
-    with jax.default_device(placement.host):
-        d1 = _step_seconds(Engine(one), size) - _weight_seconds(one, read_gbs)
-        dn = _step_seconds(Engine(many), size) - _weight_seconds(many, read_gbs)
-        sparse = _sparse(many)
-        sn = _step_seconds(Engine(sparse), size) - _weight_seconds(sparse, read_gbs)
-    layer = max(dn - d1, 0.0) / (n - 1)
-    token = max(d1 - layer, 0.0)
-    h1 = _step_seconds(_hybrid(one, placement, hot=True), size) - _weight_seconds(one, read_gbs)
-    hn = _step_seconds(_hybrid(many, placement, hot=True), size) - _weight_seconds(many, read_gbs)
-    split = _step_seconds(_hybrid(many, placement, hot=False), size) - _weight_seconds(many, read_gbs)
-    hybrid_layer = max(hn - h1, 0.0) / (n - 1)
+    sparse = _sparse(many)
+    with jax.default_device(placement.host):  # the dense engines run where their weights are
+        steppers = {"d1": _stepper(Engine(one), steps), "dn": _stepper(Engine(many), steps)}
+        steppers["sn"] = _stepper(Engine(sparse), steps)
+    steppers["h1"] = _stepper(_hybrid(one, placement, hot=True), steps)
+    steppers["hn"] = _stepper(_hybrid(many, placement, hot=True), steps)
+    steppers["split"] = _stepper(_hybrid(many, placement, hot=False), steps)
+    t = _interleaved(steppers, size["engine_repeats"])
+    weights = {"d1": one, "dn": many, "sn": sparse, "h1": one, "hn": many, "split": many}
+    t = {k: v - _weight_seconds(weights[k], read_gbs) for k, v in t.items()}
+    layer = max(t["dn"] - t["d1"], 0.0) / (n - 1)
+    token = max(t["d1"] - layer, 0.0)
+    hybrid_layer = max(t["hn"] - t["h1"], 0.0) / (n - 1)
     return {
         "token_us": token * 1e6,
         "layer_us": layer * 1e6,
-        "sparse_layer_us": max(sn - token, 0.0) / n * 1e6,
-        "hybrid_token_us": max(h1 - hybrid_layer, 0.0) * 1e6,
+        "sparse_layer_us": max(t["sn"] - token, 0.0) / n * 1e6,
+        "hybrid_token_us": max(t["h1"] - hybrid_layer, 0.0) * 1e6,
         "hybrid_layer_us": hybrid_layer * 1e6,
-        "handover_us": max(split - hn, 0.0) / n * 1e6,
+        "handover_us": max(t["split"] - t["hn"], 0.0) / n * 1e6,
     }

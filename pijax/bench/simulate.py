@@ -19,9 +19,10 @@ weights plus the KV cache read at the mean decode position. VRAM = pijax.index.p
 
 With a DATASHEET preset it leaves out (so where it is optimistic): kernel-launch and dispatch overhead per call,
 compute limits, caches, the gather's extra copy, and on a CPU "accelerator" the fact that both sides share one
-memory bus. A MEASURED profile (pijax.bench.calibrate, `measured_<host>`) adds those terms: per-call and
-per-layer overhead, the per-token overhead, gather bandwidth by selected fraction and weight format, and G + C on
-a shared bus (formula in pijax.index.cost_model). Errors against measured runs: experiments/simulate/README.md.
+memory bus. A MEASURED profile (pijax.bench.calibrate, `measured_<host>`) adds those terms: the engines' per-token,
+per-layer and per-split-layer costs measured through the engines, gather bandwidth by selected fraction and weight
+format, the compiled row capacities, the rows a skipping kernel really reads, and G + C on a shared bus (formula
+in pijax.index.cost_model). The check against measured runs: pijax.bench.sim_check, experiments/simulate/README.md.
 """
 
 from __future__ import annotations
