@@ -269,6 +269,17 @@ def check_markdown(rows: Sequence[dict[str, Any]], limit: float = LIMIT) -> str:
     return "\n".join(lines)
 
 
+def terms_line(profile: Path) -> str:
+    """One line of the calibration's terms, to print beside the table."""
+    from pijax.index.hardware import SCALAR_TERMS, load_profile
+
+    t = load_profile(profile).terms
+    scalars = ", ".join(f"{k} {getattr(t, k):.1f}" for k in SCALAR_TERMS)
+    reads = ", ".join(f"{f} {v:.1f}" for f, v in t.read_gbs.items())
+    gather = ", ".join(f"{f:g}: {v:.1f}" for f, v in sorted(t.gather_gbs["f32"].items()))
+    return f"Calibration ({t.date}, {profile.name}): {scalars}; read GB/s {reads}; f32 gather GB/s {{{gather}}}."
+
+
 def main(argv: list[str] | None = None) -> int:
     from pijax.bench.calibrate import _start_devices
     from pijax.errors import PijaxError
@@ -305,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         csv.unlink(missing_ok=True)
         write_results_csv(csv, rows)
         Path(str(csv) + ".lock").unlink(missing_ok=True)
-        table = check_markdown(rows)
+        table = check_markdown(rows) + "\n\n" + terms_line(out / f"calibration_{cc.model}.yaml")
         (out / f"check_{cc.model}.md").write_text(table + "\n", encoding="utf-8")
     except PijaxError as e:
         print(f"error: {e}", file=sys.stderr)
