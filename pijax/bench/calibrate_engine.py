@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-TINY = {"n_vocab": 128, "n_embd": 32, "n_ff": 64, "n_head": 2, "n_head_kv": 2, "rope_dim": 16, "rank": 8}
+# Small enough that the weights are a few KB, shaped like a model (GQA heads, a predictor, capped row gathers).
+TINY = {"n_vocab": 128, "n_embd": 64, "n_ff": 128, "n_head": 4, "n_head_kv": 2, "rope_dim": 16, "rank": 8}
 
 
 def tiny_config(n_layer: int) -> Any:
@@ -189,6 +190,8 @@ def _hybrid(llama: Any, placement: Any, hot: bool) -> Any:
         source="predictor",
         predictors=_predictors(cfg.n_layer),
         pred_threshold=0.0,
+        hot_capacities=max(n_hot // 2, 1),  # capped, as pijax.layout.capacity always caps the engines' gathers
+        cold_capacities=max((cfg.n_ff - n_hot) // 2, 1),
         hot_kernels=kernels and placement.platform == "cpu",
         cold_kernels=kernels,
     )
