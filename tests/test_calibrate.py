@@ -14,7 +14,7 @@ from pijax.bench.calibrate import main as calibrate_main
 from pijax.bench.simulate import Trace, check_table_markdown, simulate_seconds
 from pijax.configure import build
 from pijax.errors import ConfigError, PijaxError
-from pijax.index.cost_model import ENGINE_CALLS
+from pijax.index.cost_model import ENGINE_CALLS, dense_engine_seconds, sparse_engine_seconds
 from pijax.index.hardware import SCALAR_TERMS, get_preset, load_profile, profile_from_config
 from pijax.layout.config import HardwareConfig
 from pijax.results import write_results_csv
@@ -50,6 +50,8 @@ def test_smoke_calibration_writes_a_profile_the_hardware_config_loads(smoke_prof
     "damage, term",
     [
         (lambda c: c.pop("call_us"), "call_us"),
+        (lambda c: c.pop("hybrid_token_us"), "hybrid_token_us"),
+        (lambda c: c.__setitem__("handover_us", -0.5), "handover_us"),
         (lambda c: c.__setitem__("layer_us", -1.0), "layer_us"),
         (lambda c: c["gather_gbs"]["f32"].__setitem__("0.25", -3.0), "gather_gbs.f32.0.25"),
         (lambda c: c.pop("read_gbs"), "read_gbs"),
@@ -77,8 +79,11 @@ def _measured(shared_bus: bool):
         "cpu_model": "c",
         "device_kind": "cpu",
         "call_us": 10.0,
-        "layer_us": 2.0,
         "token_us": 30.0,
+        "layer_us": 2.0,
+        "sparse_layer_us": 4.0,
+        "hybrid_token_us": 50.0,
+        "hybrid_layer_us": 3.0,
         "handover_us": 40.0,
         "transfer_latency_us": 5.0,
         "transfer_gbs": 10.0,
@@ -100,15 +105,43 @@ def test_the_calibrated_formula_charges_calls_gathers_and_the_shared_bus(shared_
     got = simulate_seconds(
         trace, [np.array([0]), np.arange(10)], hw, bytes_per_neuron=b, transfer_bytes=xfer, dense_bytes=dense
     )
-    c = ENGINE_CALLS
-    fixed = (c.handovers_per_token * 40 + c.calls_per_token * 10 + 30) * 1e-6 + dense / 20e9
+    fixed = 50e-6 + dense / 20e9  # hybrid_token_us + the dense part streamed
     g0 = b / 20e9  # 1 of 1 hot rows: the whole hot set, fraction 1
     bw_cold = np.interp(np.log(1 / 9), np.log([0.1, 1.0]), [5.0, 20.0])
     c0 = b / (bw_cold * 1e9)
-    split = (c.handovers_per_split * 40 + c.calls_per_split * 10) * 1e-6 + xfer / 10e9
-    layer0 = 2e-6 + (g0 + c0 if shared_bus else max(g0, c0)) + split
-    layer1 = 2e-6 + 10 * b / 20e9
+    split = 40e-6 + xfer / 10e9  # one hand-over (measured through the engine) and the bytes moved
+    layer0 = 3e-6 + (g0 + c0 if shared_bus else max(g0, c0)) + split
+    layer1 = 3e-6 + 10 * b / 20e9
     assert got == pytest.approx(fixed + layer0 + layer1, rel=1e-9)
+    # the engine's compiled capacity caps the rows it computes; a skipping kernel reads a share of each row
+    hits = np.array([[1, 5]])  # layer 0: 1 of its 2 rows truly active; layer 1: 5 of 10
+    trace = dataclasses.replace(trace, hits=hits)
+    capped = simulate_seconds(
+        trace, [np.array([0]), np.arange(10)], hw, bytes_per_neuron=b, transfer_bytes=xfer, dense_bytes=dense,
+        hot_capacity=[1, 4], cold_capacity=[1, 0], skip_inactive=True,
+    )  # fmt: skip
+    share = np.array([(1 + 2 * 0.5) / 3, (1 + 2 * 0.5) / 3])
+    g1 = 4 * b * share[1] / (np.interp(np.log(0.4), np.log([0.1, 1.0]), [5.0, 20.0]) * 1e9)
+    layer0 = 3e-6 + share[0] * (g0 + c0 if shared_bus else max(g0, c0)) + split
+    assert capped == pytest.approx(fixed + layer0 + 3e-6 + g1, rel=1e-9)
+
+
+def test_dense_and_sparse_engines_are_charged_their_layers_and_bytes():
+    terms = _measured(True).terms
+    assert dense_engine_seconds(terms, 4, 2_000_000) == pytest.approx(30e-6 + 4 * 2e-6 + 2e6 / 20e9)
+    rows = np.array([10.0, 100.0])  # of n_ff 100: 10% and all rows
+    got = sparse_engine_seconds(terms, rows, 100, dense_bytes=40_000, bytes_per_neuron=1000, share=0.5)
+    want = 30e-6 + 2 * 4e-6 + 40_000 / 20e9 + 0.5 * (10 * 1000 / 5e9 + 100 * 1000 / 20e9)
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_engine_calls_match_the_hybrid_engine_as_it_runs():
+    """ENGINE_CALLS says what the measured hybrid_token_us and handover_us cover: recount when the engine's step
+    changes (this counts a running engine's jitted calls and device_puts)."""
+    from pijax.bench.calibrate_engine import count_engine_calls
+    from pijax.layout.devices import setup_devices
+
+    assert count_engine_calls(setup_devices(HardwareConfig())) == ENGINE_CALLS
 
 
 def test_check_table_reports_the_error_of_every_sweep_point(tmp_path):

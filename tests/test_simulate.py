@@ -108,3 +108,18 @@ def test_capacity_trace_computes_the_engines_fixed_row_counts():
     hot0, hot1 = t.masks[0, 0, :4].sum(), t.masks[0, 1, 5]
     assert hot0 == 2 and t.masks[0, 0, 4:].sum() == 2  # 1 per shard x 2 shards; 2 cold rows
     assert hot1 and t.masks[0, 1].sum() == 1 + 7  # the cap exceeds the hot set; all 7 cold rows
+
+
+def test_check_table_gives_each_points_error_and_the_share_within_25_percent():
+    from pijax.bench.sim_check import check_markdown
+
+    rows = [
+        {"model": "m", "point": "dense", "measured_tok_s": 100.0, "predicted_tok_s": 120.0, "error": 0.2,
+         "load_avg": 1.0},
+        {"model": "m", "point": "hybrid:50%", "measured_tok_s": 50.0, "predicted_tok_s": 25.0, "error": -0.5,
+         "load_avg": 1.5},
+    ]  # fmt: skip
+    table = check_markdown(rows)
+    assert "| m | dense | 100.0 | 120.0 | +20% | 1.0 |" in table
+    assert "| m | hybrid:50% | 50.0 | 25.0 | -50% | 1.5 |" in table
+    assert "- m: 1/2 points within +-25%, max abs error 50%" in table

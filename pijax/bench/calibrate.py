@@ -11,13 +11,10 @@ tok/s against the sim_* prediction logged beside it, with the error (the table o
 The accelerator is jax's first device and the host its CPU device; on a CPU-only machine two virtual CPU
 devices stand in (as `hardware=cpu1` does), and `shared_bus` is set, since both are the same memory. Methods:
 - call_us: median of a jitted call taking CALL_ARGS small arrays (about one layer's leaves), dispatched and
-  waited for;
-- layer_us: (a jitted step of many tiny layers - the same step of one layer) / the extra layers; a tiny layer
-  is one `pijax.kernels.ops.linear` call on 64 x 64 f16 rows and an RMS scaling, so XLA cannot fuse it away;
-- token_us: a decode-like loop as pijax's generate runs it (dispatch the next step, then read the previous token
-  back to Python), per step, minus the same step called and waited for alone;
-- handover_us: a chain of split-layer round trips (accelerator call, device_put to the host, host call,
-  device_put back), per extra hand-over: what a split layer adds in dispatch and synchronisation;
+  waited for (charged for the overlap mode's extra call per split layer);
+- token_us, layer_us, sparse_layer_us, hybrid_token_us, hybrid_layer_us, handover_us: the fixed costs of the
+  engines' decode steps, measured through the engines on tiny random models (pijax.bench.calibrate_engine);
+  `engine_calls` records the calls and device_puts counted there (pijax.index.cost_model.ENGINE_CALLS);
 - transfer: device_put accelerator -> host -> accelerator of a 1 KiB and a large array: latency from the small
   one, bandwidth from the difference;
 - read_gbs[fmt]: one token through `pijax.kernels.ops.linear` over [N, D] rows in f32, f16, int8 (the routing the
@@ -50,8 +47,24 @@ from typing import Any
 FORMATS = ("f32", "f16", "int8")
 SUBSETS = 8  # different random selections, cycled, so that a small selection is not read from cache every call
 CALL_ARGS = 16  # arrays passed to the call_us probe: about one layer's leaves, as the engine's calls pass
-FULL = {"n": 8192, "d": 2048, "reps": 15, "fractions": (0.02, 0.05, 0.1, 0.25, 0.5, 1.0), "layers": 64}
-SMOKE = {"n": 1024, "d": 256, "reps": 5, "fractions": (0.05, 0.25, 1.0), "layers": 16}
+FULL = {
+    "n": 8192,
+    "d": 2048,
+    "reps": 15,
+    "fractions": (0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+    "layers_engine": 8,
+    "engine_tokens": 32,
+    "engine_repeats": 11,
+}
+SMOKE = {
+    "n": 1024,
+    "d": 256,
+    "reps": 5,
+    "fractions": (0.05, 0.25, 1.0),
+    "layers_engine": 2,
+    "engine_tokens": 8,
+    "engine_repeats": 3,
+}
 
 
 def host_name() -> str:
@@ -82,71 +95,15 @@ def _median_seconds(fn: Callable[[], Any], reps: int) -> float:
     return statistics.median(times)
 
 
-def _devices() -> tuple[Any, Any]:
-    """(accelerator, host): the first device and a CPU device that is not it."""
-    import jax
-
-    accel = jax.devices()[0]
-    cpus = [d for d in jax.devices("cpu") if d != accel]
-    if not cpus:
-        raise RuntimeError("calibration needs a host device besides the accelerator (two virtual CPU devices)")
-    return accel, cpus[0]
-
-
-def measure_overheads(accel: Any, size: dict[str, Any]) -> dict[str, float]:
-    """call_us, layer_us and token_us (module docstring)."""
+def measure_call(accel: Any, size: dict[str, Any]) -> float:
+    """call_us (module docstring)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
-
-    from pijax.kernels.formats import to_format
-    from pijax.kernels.ops import linear
 
     reps = max(size["reps"] * 10, 50)
     args = [jax.device_put(jnp.full((16,), float(i), jnp.float32), accel) for i in range(CALL_ARGS)]
     add = jax.jit(lambda xs: xs[0] + xs[-1])
-    call = _median_seconds(lambda: add(args), reps)
-
-    def stack(n_layer: int) -> Callable[[jax.Array, list[Any]], jax.Array]:
-        def step(x: jax.Array, ws: list[Any]) -> jax.Array:
-            for layer in range(n_layer):  # unrolled, one kernel call per layer, as the engine's layers are
-                x = jnp.tanh(linear(x, ws[layer])) * jax.lax.rsqrt(jnp.mean(x * x) + 1e-6)
-            return x
-
-        return jax.jit(step)
-
-    n_layer = size["layers"]
-    ws = [
-        jax.device_put(to_format(jnp.full((64, 64), 0.01 * (i + 1), jnp.float32), "f16"), accel) for i in range(n_layer)
-    ]
-    x = jax.device_put(jnp.ones((1, 64), jnp.float32), accel)
-    few, many = stack(1), stack(n_layer)
-    t_one = _median_seconds(lambda: few(x, ws[:1]), reps)
-    t_many = _median_seconds(lambda: many(x, ws), reps)
-    layer = max(t_many - t_one, 0.0) / (n_layer - 1)
-
-    emb = jax.device_put(jnp.linspace(-1, 1, 256 * 64, dtype=jnp.float32).reshape(256, 64), accel)
-
-    @jax.jit
-    def decode(token: jax.Array, emb: jax.Array) -> jax.Array:
-        return jnp.argmax(jnp.einsum("d,vd->v", emb[token], emb)).astype(jnp.int32)
-
-    cur = jax.device_put(jnp.int32(3), accel)
-    decode(cur, emb).block_until_ready()
-    t0 = time.perf_counter()
-    for step in range(reps):  # as pijax's generate loop: dispatch the next step, then read the previous token
-        nxt = decode(cur, emb)
-        if step:
-            int(np.asarray(cur))
-        cur = nxt
-    int(np.asarray(cur))
-    per_step = (time.perf_counter() - t0) / reps
-    plain = _median_seconds(lambda: decode(cur, emb), reps)
-    return {
-        "call_us": call * 1e6,
-        "layer_us": layer * 1e6,
-        "token_us": max(per_step - plain, 0.0) * 1e6,
-    }
+    return _median_seconds(lambda: add(args), reps) * 1e6
 
 
 def measure_transfer(accel: Any, host: Any, size: dict[str, Any]) -> dict[str, float]:
@@ -179,34 +136,6 @@ def _selection(rng: Any, n: int, k: int) -> Any:
     logits = np.full((1, n), -1.0, np.float32)
     logits[0, rng.permutation(n)[:k]] = 1.0
     return logits
-
-
-def measure_handover(accel: Any, host: Any, size: dict[str, Any]) -> float:
-    """handover_us: one split layer's round trip, as the engine chains it: a jitted call on the accelerator, its
-    output device_put to the host, a jitted call there, its output put back; (a chain of many - a chain of
-    one) / the extra hand-overs. Each link waits for the previous one, so thread wake-ups are included."""
-    import jax
-    import jax.numpy as jnp
-
-    reps = max(size["reps"] * 4, 20)
-    n_hops = size["layers"]
-    args = [jax.device_put(jnp.full((64,), 0.01 * i, jnp.float32), accel) for i in range(CALL_ARGS)]
-    on_accel = jax.jit(lambda x, ws: jnp.tanh(x * ws[0] + ws[-1]))
-    on_host = jax.jit(lambda x: x * 0.5 + 1.0)
-    x0 = jax.device_put(jnp.ones((64,), jnp.float32), accel)
-
-    def chain(n: int) -> Callable[[], Any]:
-        def run() -> Any:
-            x = x0
-            for _ in range(n):
-                x = jax.device_put(on_host(jax.device_put(on_accel(x, args), host)), accel)
-            return x
-
-        return run
-
-    t_one = _median_seconds(chain(1), reps)
-    t_many = _median_seconds(chain(n_hops), reps)
-    return max(t_many - t_one, 0.0) / (n_hops - 1) * 1e6
 
 
 def _weights(n: int, d: int, device: Any) -> dict[str, Any]:
@@ -275,7 +204,12 @@ def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -
 
 def calibrate(*, smoke: bool = False) -> dict[str, Any]:
     """Every term of the `cost:` block, measured now (jax must already see its devices)."""
-    accel, host = _devices()
+    from pijax.bench.calibrate_engine import measure_engine_terms
+    from pijax.layout.config import HardwareConfig
+    from pijax.layout.devices import setup_devices
+
+    placement = setup_devices(HardwareConfig())
+    accel, host = placement.accelerators[0], placement.host
     size = SMOKE if smoke else FULL
     cost: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -285,14 +219,14 @@ def calibrate(*, smoke: bool = False) -> dict[str, Any]:
         "platform": str(accel.platform),
         "smoke": bool(smoke),
         "shared_bus": accel.platform == "cpu",
-        "sizes": {"rows": size["n"], "row_dim": size["d"], "repeats": size["reps"]},
+        "sizes": {k: v for k, v in size.items() if k != "fractions"},
     }
-    cost |= measure_overheads(accel, size)
+    cost["call_us"] = measure_call(accel, size)
     cost |= measure_transfer(accel, host, size)
-    cost["handover_us"] = measure_handover(accel, host, size)
     cost |= measure_bandwidths(accel, size)
     if accel.platform != "cpu":  # a real accelerator: the cold rows are gathered by the host CPU
         cost["host_gather_gbs"] = measure_bandwidths(host, size, xla=False)["gather_gbs"]
+    cost |= measure_engine_terms(placement, size, cost["read_gbs"]["f32"])
     return cost
 
 
@@ -361,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"profile: {path}  (use hardware={name} or sweep.simulate_profile={name})")
-    for key in ("call_us", "layer_us", "token_us", "handover_us", "transfer_latency_us", "transfer_gbs"):
+    from pijax.index.hardware import SCALAR_TERMS
+
+    for key in SCALAR_TERMS:
         print(f"  {key:>20}: {cost[key]:.3f}")
     for fmt, gbs in cost["read_gbs"].items():
         gather = ", ".join(f"{f:g}: {v:.1f}" for f, v in cost["gather_gbs"][fmt].items())

@@ -19,9 +19,10 @@ weights plus the KV cache read at the mean decode position. VRAM = pijax.index.p
 
 With a DATASHEET preset it leaves out (so where it is optimistic): kernel-launch and dispatch overhead per call,
 compute limits, caches, the gather's extra copy, and on a CPU "accelerator" the fact that both sides share one
-memory bus. A MEASURED profile (pijax.bench.calibrate, `measured_<host>`) adds those terms: per-call and
-per-layer overhead, the per-token overhead, gather bandwidth by selected fraction and weight format, and G + C on
-a shared bus (formula in pijax.index.cost_model). Errors against measured runs: experiments/simulate/README.md.
+memory bus. A MEASURED profile (pijax.bench.calibrate, `measured_<host>`) adds those terms: the engines' per-token,
+per-layer and per-split-layer costs measured through the engines, gather bandwidth by selected fraction and weight
+format, the compiled row capacities, the rows a skipping kernel really reads, and G + C on a shared bus (formula
+in pijax.index.cost_model). The check against measured runs: pijax.bench.sim_check, experiments/simulate/README.md.
 """
 
 from __future__ import annotations
@@ -51,13 +52,16 @@ class Trace:
     """Per-token masks of the FFN rows an engine computes, with the true activation counts that choose hot sets.
 
     masks: bool [N, L, F]; kind: "predicted" (the predictor's decisions: the rows a predictor-gated engine
-    computes) or "true" (act != 0). counts: int [L, F] true activation counts (from profiling, for the index)."""
+    computes) or "true" (act != 0). counts: int [L, F] true activation counts (from profiling, for the index).
+    hits: int [N, L], of each token's computed rows how many are truly active (act != 0; None: unknown): a
+    ReLU kernel skips the up and down rows of the others (`pijax.kernels.ops.sparse_ffn`, skip_inactive)."""
 
     masks: np.ndarray
     kind: str
     counts: np.ndarray
     n_counted_tokens: int
     model: str = ""
+    hits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks, bool)
@@ -65,6 +69,18 @@ class Trace:
             raise DataError(f"a trace needs masks [N, L, F] with N >= 1, got shape {self.masks.shape}")
         if np.shape(self.counts) != self.masks.shape[1:]:
             raise DataError(f"trace counts {np.shape(self.counts)} do not match masks {self.masks.shape[1:]}")
+        if self.hits is not None and np.shape(self.hits) != self.masks.shape[:2]:
+            raise DataError(f"trace hits {np.shape(self.hits)} do not match masks {self.masks.shape[:2]}")
+
+    def row_share(self, gated: bool) -> np.ndarray:
+        """float [N, L]: the share of a computed row's bytes a skipping kernel reads per token and layer (gate row
+        always, up and down rows only for truly active neurons; without a gate, up always and down when active);
+        ones without hits."""
+        sel = self.masks.sum(axis=2)
+        if self.hits is None:
+            return np.ones(sel.shape)
+        p = np.divide(self.hits, sel, out=np.ones(sel.shape), where=sel > 0)
+        return (1 + 2 * p) / 3 if gated else (1 + p) / 2
 
     @property
     def n_tokens(self) -> int:
@@ -87,6 +103,7 @@ class Trace:
                 counts=self.counts,
                 n_counted_tokens=self.n_counted_tokens,
                 model=self.model,
+                hits=np.full(self.masks.shape[:2], -1) if self.hits is None else self.hits,
             )
         return path
 
@@ -96,7 +113,9 @@ class Trace:
             with np.load(path, allow_pickle=False) as z:
                 n_ff = int(z["n_ff"])
                 masks = np.unpackbits(z["masks"], axis=-1, count=n_ff).astype(bool)
-                return cls(masks, str(z["kind"]), z["counts"], int(z["n_counted_tokens"]), str(z["model"]))
+                hits = z["hits"] if "hits" in z.files else None
+                hits = None if hits is None or (hits < 0).any() else hits
+                return cls(masks, str(z["kind"]), z["counts"], int(z["n_counted_tokens"]), str(z["model"]), hits)
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"unreadable trace file ({type(e).__name__})", path) from None
 
@@ -137,9 +156,10 @@ def collect_trace(
     if source == "predictor" and preds is None:
         raise ConfigError("trace source 'predictor' needs a model file with predictors", model.checkpoint.gguf.path)
     parts: list[np.ndarray] = []
+    hit_parts: list[np.ndarray] = []
 
     def on_batch(tokens_bt: np.ndarray, records: list[dict[str, np.ndarray]]) -> None:
-        layers = []
+        layers, hits = [], []
         for i, r in enumerate(records):
             act = r["act"].reshape(-1, r["act"].shape[-1])
             if source == "predictor":
@@ -149,18 +169,20 @@ def collect_trace(
                 layers.append(act != 0)
             else:
                 layers.append(np.ones(act.shape, bool))
+            hits.append((layers[-1] & (act != 0)).sum(axis=1))
         parts.append(np.stack(layers, axis=1))
+        hit_parts.append(np.stack(hits, axis=1))
 
     mode = "relu" if model.config.ffn_act != "silu" else None
     if mode is None:
         raise ConfigError("a trace needs a ReLU-family model (exact zeros), as the hybrid engine does")
     profile(model, windows, mode=mode, batch_size=min(batch_size, len(windows)), on_batch=on_batch, progress=progress)
-    masks = np.concatenate(parts)
+    masks, hits = np.concatenate(parts), np.concatenate(hit_parts)
     if max_tokens is not None:
-        masks = masks[:max_tokens]
+        masks, hits = masks[:max_tokens], hits[:max_tokens]
     kind = "predicted" if source == "predictor" else ("true" if source == "oracle" else "dense")
     name = Path(model.checkpoint.gguf.path).name
-    return Trace(masks, kind, np.asarray(counts), int(n_counted_tokens), name)
+    return Trace(masks, kind, np.asarray(counts), int(n_counted_tokens), name, hits)
 
 
 def dense_read_bytes(plan: BudgetPlan, model_cfg: ModelConfig, *, position: float, kv_dtype: str = "f32") -> int:
@@ -185,13 +207,21 @@ def simulate_seconds(
     transfer_bytes: int,
     dense_bytes: int,
     weight_format: str = "f32",
+    hot_capacity: Sequence[int] | None = None,
+    cold_capacity: Sequence[int] | None = None,
+    skip_inactive: bool = False,
+    gated: bool = True,
+    overlap: bool = False,
 ) -> float:
     """Mean over the trace's tokens of the cost model's seconds per token for these hot sets (module docstring;
-    a measured profile uses the calibrated formula of pijax.index.cost_model)."""
+    a measured profile uses the calibrated formula of pijax.index.cost_model). hot_capacity / cold_capacity: the
+    engine's compiled row caps per layer (hot: all shards together); skip_inactive: the rows run on a kernel that
+    skips inactive ReLU rows (bytes per row from the trace's hits, measured profiles only)."""
     if len(buckets) != trace.masks.shape[1]:
         raise DataError(f"{len(buckets)} hot sets for a trace of {trace.masks.shape[1]} layers")
+    shares = trace.row_share(gated) if skip_inactive and hardware.terms is not None else None
     total = 0.0
-    for mask in trace.masks:
+    for n, mask in enumerate(trace.masks):
         total += predicted_token_seconds(
             list(buckets),
             mask.astype(np.float32),
@@ -203,6 +233,10 @@ def simulate_seconds(
             transfer_bytes=transfer_bytes,
             dense_bytes=dense_bytes,
             weight_format=weight_format,
+            hot_capacity=None if hot_capacity is None else np.asarray(hot_capacity),
+            cold_capacity=None if cold_capacity is None else np.asarray(cold_capacity),
+            share=1.0 if shares is None else shares[n],
+            overlap=overlap,
         )
     return total / trace.n_tokens
 

@@ -17,19 +17,19 @@ Leaving capacity unused is allowed: past the balance point G_l > C_l, extra hot 
 
 That is the DATASHEET formula (bandwidths only), kept for the nominal GPU presets. A MEASURED profile
 (`hardware.terms`, written by pijax.bench.calibrate) switches to the calibrated formula, which charges what the
-engine really pays on the machine measured (all terms from the profile; fmt = the weight format):
-    G_l    = bytes_per_neuron x hot_l  / gather_gbs[fmt](hot_l / |hot set_l|)          gathered hot rows
-    C_l    = bytes_per_neuron x cold_l / host gather_gbs[fmt](cold_l / |cold set_l|)   gathered cold rows
-    S_l    = handovers_per_split x handover_us + calls_per_split x call_us + transfer_bytes / transfer_gbs
-             only for a split layer
-    t      = handovers_per_token x handover_us + calls_per_token x call_us + token_us
-             + dense_bytes / read_gbs[fmt] + sum_l ( layer_us + (G_l (+) C_l) + S_l )
-where (+) is + when the profile's accelerator and host share one memory bus (a CPU standing in for both) and
-max otherwise. hot_l / cold_l are the rows the engine computes (a traced token's, or its compiled capacities).
-The counts (`ENGINE_CALLS`) are those of the hybrid engine's decode step (pijax.engine.hybrid_engine): per token one
-hand-over (the last stage's token to the host, the embedding call there, the row back to the accelerators), per
-split layer one hand-over (a stage call, a device_put, the host call, a device_put back); `calls_*` count extra
-calls (with `overlap`, the hot part's own call: calls_per_split = 1). Change them with the engine.
+hybrid engine really does per token on the machine measured (all terms from the profile; fmt = weight format):
+    G_l    = bytes_per_neuron x share_l x hot_l  / gather_gbs[fmt](hot_l / |hot set_l|)         gathered hot rows
+    C_l    = bytes_per_neuron x share_l x cold_l / host gather_gbs[fmt](cold_l / |cold set_l|)  gathered cold rows
+    S_l    = handover_us + overlap x call_us + transfer_bytes / transfer_gbs       only for a split layer
+    t      = hybrid_token_us + dense_bytes / read_gbs[fmt] + sum_l ( hybrid_layer_us + (G_l (+) C_l) + S_l )
+where (+) is + when the profile's accelerator and host are one memory bus (a CPU standing in for both) and max
+otherwise; hot_l / cold_l are the rows the engine computes (a traced token's predicted-active rows, capped at the
+engine's compiled capacities), share_l the part of a selected row's bytes the kernel reads (with
+skip_inactive, a ReLU neuron whose gate is <= 0 costs its gate row only; 1 without that information).
+hybrid_token_us and handover_us are measured through the engine (pijax.bench.calibrate_engine), so they cover
+the calls and device_puts `ENGINE_CALLS` counts. The other engines, for the check against measured runs:
+    dense:  t = token_us + n_layer x layer_us + (weights + KV cache read) / read_gbs[fmt]
+    sparse: t = token_us + n_layer x sparse_layer_us + dense_bytes / read_gbs[fmt] + sum_l rows_l cost as G_l
 """
 
 from __future__ import annotations
@@ -53,15 +53,42 @@ def _rows_per_token(counts: np.ndarray, recall: float, precision: float, n_token
 
 @dataclasses.dataclass(frozen=True)
 class EngineCalls:
-    """How many jitted calls and device_puts the engine's decode step makes, per token and per split layer."""
+    """The hybrid engine's decode step, counted (pijax.engine.hybrid_engine: `_step` -> `_embed_tokens`, `_pass`).
 
-    handovers_per_token: int = 1
-    calls_per_token: int = 0
-    handovers_per_split: int = 1
-    calls_per_split: int = 0
+    Per token: the token id device_put to the host, the host's embedding call, its row put back on the
+    accelerators, and the last stage's call (the layers after the last split, the head, sampling). Per split
+    layer: the stage call that ends with it (attention, predictor, hot rows, the cold request), the request put on
+    the host, the host's cold call, its output put back. With overlap, the hot rows are one more call per split
+    layer. The calibration times each group through the engine itself (hybrid_token_us, handover_us), so these
+    counts say what those terms cover; `pijax.bench.calibrate_engine.count_engine_calls` counts a running engine
+    and tests/test_calibrate.py checks that they still match. Recount them whenever `_pass` changes."""
+
+    calls_per_token: int = 2
+    transfers_per_token: int = 2
+    calls_per_split: int = 2
+    transfers_per_split: int = 2
+    overlap_calls_per_split: int = 1
 
 
 ENGINE_CALLS = EngineCalls()
+
+
+def gathered_seconds(
+    terms: MeasuredTerms,
+    rows: np.ndarray,
+    size: np.ndarray,
+    *,
+    weight_format: str,
+    bytes_per_neuron: int,
+    share: np.ndarray | float = 1.0,
+    host: bool = False,
+) -> np.ndarray:
+    """Seconds to read `rows` gathered rows out of a block of `size` (elementwise), at the measured gather
+    bandwidth for their selected fraction; `share` of each row's bytes is read."""
+    rows, size = np.asarray(rows, np.float64), np.asarray(size, np.float64)
+    frac = np.divide(rows, size, out=np.ones_like(rows), where=size > 0)
+    bw = np.vectorize(lambda f: terms.gather_bandwidth(weight_format, f, host=host), otypes=[np.float64])(frac)
+    return bytes_per_neuron * np.asarray(share, np.float64) * rows / (bw * 1e9)
 
 
 def measured_ffn_seconds(
@@ -74,34 +101,58 @@ def measured_ffn_seconds(
     weight_format: str,
     bytes_per_neuron: int,
     transfer_bytes: int,
+    share: np.ndarray | float = 1.0,
+    overlap: bool = False,
 ) -> np.ndarray:
-    """Calibrated seconds of FFN layers (elementwise over arrays of equal shape): layer_us + (G (+) C) + S."""
-    hot_rows, cold_rows = np.asarray(hot_rows, np.float64), np.asarray(cold_rows, np.float64)
-    hot_size, cold_size = np.asarray(hot_size, np.float64), np.asarray(cold_size, np.float64)
-
-    def side(rows: np.ndarray, size: np.ndarray, host: bool) -> np.ndarray:
-        frac = np.divide(rows, size, out=np.ones_like(rows), where=size > 0)
-        bw = np.vectorize(lambda f: terms.gather_bandwidth(weight_format, f, host=host), otypes=[np.float64])(frac)
-        return bytes_per_neuron * rows / (bw * 1e9)
-
-    g, c = side(hot_rows, hot_size, False), side(cold_rows, cold_size, True)
+    """Calibrated seconds of hybrid FFN layers (elementwise over arrays of equal shape):
+    hybrid_layer_us + (G (+) C) + S (module docstring)."""
+    kw = {"weight_format": weight_format, "bytes_per_neuron": bytes_per_neuron, "share": share}
+    g = gathered_seconds(terms, hot_rows, hot_size, **kw)
+    c = gathered_seconds(terms, cold_rows, cold_size, host=True, **kw)
     ffn = g + c if terms.shared_bus else np.maximum(g, c)
-    calls = ENGINE_CALLS
-    hand_over = (calls.handovers_per_split * terms.handover_us + calls.calls_per_split * terms.call_us) * 1e-6
+    hand_over = (terms.handover_us + (terms.call_us if overlap else 0.0)) * 1e-6
     hand_over += transfer_bytes / (terms.transfer_gbs * 1e9)
-    split = cold_size > 0
-    return terms.layer_us * 1e-6 + ffn + hand_over * split
+    split = np.asarray(cold_size) > 0
+    return terms.hybrid_layer_us * 1e-6 + ffn + hand_over * split
 
 
 def fixed_token_seconds(hardware: HardwareProfile, dense_bytes: int, weight_format: str = "f32") -> float:
     """The part of a token that does not depend on the hot sets: the dense read, plus (measured profiles) the
-    per-token calls, transfers and overhead."""
+    hybrid engine's per-token calls, transfers and token loop."""
     terms = hardware.terms
     if terms is None:
         return dense_bytes / (hardware.accel_bandwidth_gbs * 1e9)
-    calls = ENGINE_CALLS
-    fixed = calls.handovers_per_token * terms.handover_us + calls.calls_per_token * terms.call_us
-    return (fixed + terms.token_us) * 1e-6 + dense_bytes / (terms.read_bandwidth(weight_format) * 1e9)
+    return terms.hybrid_token_us * 1e-6 + dense_bytes / (terms.read_bandwidth(weight_format) * 1e9)
+
+
+def dense_engine_seconds(terms: MeasuredTerms, n_layer: int, read_bytes: int, weight_format: str = "f32") -> float:
+    """Calibrated seconds per token of the dense Engine: every weight and the KV cache read (module docstring)."""
+    return (terms.token_us + n_layer * terms.layer_us) * 1e-6 + read_bytes / (terms.read_bandwidth(weight_format) * 1e9)
+
+
+def sparse_engine_seconds(
+    terms: MeasuredTerms,
+    rows: np.ndarray,
+    n_ff: int,
+    *,
+    dense_bytes: int,
+    bytes_per_neuron: int,
+    share: np.ndarray | float = 1.0,
+    weight_format: str = "f32",
+) -> float:
+    """Calibrated seconds per token of the single-device sparse engine (predictor-gated kernel FFN): `rows` [L]
+    selected rows per layer, each `share` of bytes_per_neuron read (module docstring)."""
+    rows = np.asarray(rows, np.float64)
+    gathered = gathered_seconds(
+        terms,
+        rows,
+        np.full_like(rows, float(n_ff)),
+        weight_format=weight_format,
+        bytes_per_neuron=bytes_per_neuron,
+        share=share,
+    )
+    fixed = (terms.token_us + len(rows) * terms.sparse_layer_us) * 1e-6
+    return float(fixed + dense_bytes / (terms.read_bandwidth(weight_format) * 1e9) + gathered.sum())
 
 
 def layer_costs(
@@ -214,30 +265,39 @@ def predicted_token_seconds(
     transfer_bytes: int = 0,
     dense_bytes: int = 0,
     weight_format: str = "f32",
+    hot_capacity: np.ndarray | None = None,
+    cold_capacity: np.ndarray | None = None,
+    share: np.ndarray | float = 1.0,
+    overlap: bool = False,
     **_: Any,
 ) -> float:
-    """The cost model's t (module docstring) for any hot sets; simulated, not measured."""
+    """The cost model's t (module docstring) for any hot sets; simulated, not measured. hot_capacity /
+    cold_capacity: per layer, the most rows the engine computes per token on the accelerators (all shards) and on
+    the host (its compiled capacities; None: no cap); share, overlap: see `measured_ffn_seconds`."""
     rows = _rows_per_token(np.asarray(counts), recall, precision, n_tokens)
     total = fixed_token_seconds(hardware, dense_bytes, weight_format)
+    hot = np.array([rows[layer, ids].sum() for layer, ids in enumerate(buckets)])
+    cold = rows.sum(axis=1) - hot
+    if hot_capacity is not None:
+        hot = np.minimum(hot, np.asarray(hot_capacity, np.float64))
+    if cold_capacity is not None:
+        cold = np.minimum(cold, np.asarray(cold_capacity, np.float64))
+    size = np.array([len(ids) for ids in buckets])
     if hardware.terms is not None:
-        hot = np.array([rows[layer, ids].sum() for layer, ids in enumerate(buckets)])
-        size = np.array([len(ids) for ids in buckets])
         layers = measured_ffn_seconds(
             hardware.terms,
             hot,
-            rows.sum(axis=1) - hot,
+            cold,
             size,
             rows.shape[1] - size,
             weight_format=weight_format,
             bytes_per_neuron=bytes_per_neuron,
             transfer_bytes=transfer_bytes,
+            share=share,
+            overlap=overlap,
         )
         return float(total + layers.sum())
     sync = hardware.sync_us_per_layer * 1e-6 + transfer_bytes / (hardware.pcie_gbs * 1e9)
-    for layer, ids in enumerate(buckets):
-        hot = rows[layer, ids].sum()
-        cold = rows[layer].sum() - hot
-        accel = bytes_per_neuron * hot / (hardware.accel_bandwidth_gbs * 1e9)
-        host = bytes_per_neuron * cold / (hardware.host_bandwidth_gbs * 1e9)
-        total += max(accel, host) + (sync if len(ids) < rows.shape[1] else 0.0)
-    return float(total)
+    accel = bytes_per_neuron * hot / (hardware.accel_bandwidth_gbs * 1e9)
+    host = bytes_per_neuron * cold / (hardware.host_bandwidth_gbs * 1e9)
+    return float(total + (np.maximum(accel, host) + sync * (size < rows.shape[1])).sum())

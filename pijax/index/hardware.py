@@ -21,7 +21,17 @@ from pijax.errors import ConfigError
 
 WEIGHT_FORMATS = ("f32", "f16", "int8")
 # Scalar terms of a measured profile (microseconds or GB/s), every one required and >= 0 (bandwidths > 0).
-SCALAR_TERMS = ("call_us", "layer_us", "token_us", "handover_us", "transfer_latency_us", "transfer_gbs")
+SCALAR_TERMS = (
+    "call_us",
+    "token_us",
+    "layer_us",
+    "sparse_layer_us",
+    "hybrid_token_us",
+    "hybrid_layer_us",
+    "handover_us",
+    "transfer_latency_us",
+    "transfer_gbs",
+)
 META_TERMS = ("date", "host", "cpu_model", "device_kind")
 
 
@@ -30,9 +40,13 @@ class MeasuredTerms:
     """Cost terms measured on one machine (pijax.bench.calibrate; the methods are in its docstring).
 
     call_us: fixed cost of one jitted call (dispatch + synchronisation, nothing computed);
-    layer_us: extra cost of each layer inside one jitted step (many tiny layers);
-    token_us: what a decode step costs beyond its call: the sampled token back to the host and into the next step;
-    handover_us: one split layer's round trip (accelerator call -> host -> host call -> back), chained;
+    token_us / layer_us: the dense Engine's decode step beyond its layers (token loop, call, head, sampling) and
+    each of its layers' fixed cost (pijax.bench.calibrate_engine: measured through the engine on tiny models);
+    sparse_layer_us: a layer's fixed cost in the single-device sparse engine (predictor + kernel FFN);
+    hybrid_token_us / hybrid_layer_us: the HybridEngine's step beyond its layers (with the host's embedding round
+    trip) and an all-hot layer's fixed cost;
+    handover_us: what one split layer adds in the HybridEngine: its round trip accelerator -> host -> accelerator
+    (the calls and device_puts `pijax.index.cost_model.ENGINE_CALLS` counts), chained as the engine runs it;
     transfer_latency_us / transfer_gbs: one device_put between the accelerator and the host device;
     read_gbs[fmt]: streaming read bandwidth of a dense matvec over rows of that format (pijax.kernels.ops.linear);
     gather_gbs[fmt][fraction]: bandwidth of gathered rows (up, gate, down_t of the selected neurons,
@@ -47,8 +61,11 @@ class MeasuredTerms:
     cpu_model: str
     device_kind: str
     call_us: float
-    layer_us: float
     token_us: float
+    layer_us: float
+    sparse_layer_us: float
+    hybrid_token_us: float
+    hybrid_layer_us: float
     handover_us: float
     transfer_latency_us: float
     transfer_gbs: float

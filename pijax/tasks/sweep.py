@@ -34,13 +34,7 @@ import numpy as np
 
 from pijax.bench.config import SweepConfig
 from pijax.bench.session import BenchModel, cached, load_bench_model, model_path, text_windows
-from pijax.bench.simulate import (
-    capacity_trace,
-    collect_trace,
-    dense_read_bytes,
-    resolve_source,
-    simulate_seconds,
-)
+from pijax.bench.simulate import capacity_trace, collect_trace, resolve_source, simulate_seconds
 from pijax.bench.simulate import transfer_bytes as sim_transfer_bytes
 from pijax.bench.throughput import stepped_logits_fn, time_generation
 from pijax.index.budget import resolve_budget
@@ -155,30 +149,24 @@ def _trace(bm: BenchModel, corpus: str, source: str, stats: Any, sc: SweepConfig
 
 def _simulated_tok_s(bm: BenchModel, setup: Any, trace: Any, sc: SweepConfig) -> tuple[float, float | None]:
     """The cost model's decode tokens/s for this run's hot sets on `sc.simulate_profile` (SIMULATED): with the
-    traced predicted-active rows (the model as documented), and with the rows the engine's static capacities
-    really compute per token (None without capacities)."""
-    from pijax.index import get_preset, plan_budget
+    traced predicted-active rows as the engine runs them (capped at its compiled capacities, on its kernels:
+    pijax.bench.sim_check.simulate_hybrid), and with every token computing its full capacities (None without
+    capacities)."""
+    from pijax.bench.sim_check import hybrid_dense_bytes, read_bytes, simulate_hybrid
+    from pijax.index import get_preset
 
     cfg = bm.model.config
-    one = plan_budget(
-        cfg,
-        2**62,
-        weight_dtype=np.dtype(bm.model.module.dtype).name,
-        n_ctx=sc.n_ctx,
-        predictor_ranks=[p.rank for p in bm.model.checkpoint.weights.predictors or []] or None,
-    )
-    kw: dict[str, Any] = {
-        "bytes_per_neuron": one.bytes_per_neuron,
-        "transfer_bytes": sim_transfer_bytes(cfg),
-        "dense_bytes": dense_read_bytes(one, cfg, position=sc.prompt_tokens + sc.new_tokens / 2),
-    }
+    n_cache = setup.engine.cache_size(sc.prompt_tokens, sc.new_tokens)
+    rb = read_bytes(bm.model.module, n_cache)
+    dense = hybrid_dense_bytes(bm.model, rb)
     hw = get_preset(sc.simulate_profile)
-    buckets = setup.index.buckets
-    traced = 1.0 / simulate_seconds(trace, buckets, hw, **kw)
+    traced = 1.0 / simulate_hybrid(trace, setup, hw, rb, dense, sim_transfer_bytes(cfg))
     caps = setup.capacities
     if caps is None:
         return traced, None
+    buckets = setup.index.buckets
     ct = capacity_trace(buckets, caps.hot_per_shard, caps.cold, cfg.n_ff, setup.placement.n_accel)
+    kw = {"bytes_per_neuron": rb["bytes_per_neuron"], "transfer_bytes": sim_transfer_bytes(cfg), "dense_bytes": dense}
     return traced, 1.0 / simulate_seconds(ct, buckets, hw, **kw)
 
 
