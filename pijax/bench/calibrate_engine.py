@@ -5,7 +5,7 @@ transfers). `measure_engine_terms(placement, size, read_gbs)` returns, in micros
 - token_us: the dense Engine's decode step beyond its layers (the token loop, one call, the head and sampling):
   a 1-layer model's step minus layer_us;
 - layer_us: each extra layer of the dense Engine's one decode call: (the L-layer step - the 1-layer step) / (L-1);
-- sparse_layer_us: a layer of the single-device sparse engine (predictor + the kernel FFN, pijax.kernels.fast_ffn):
+- sparse_layer_us: a layer of the single-device sparse engine (predictor + the kernel FFN: pijax.model.ffn.FFN on the kernels backend):
   (the L-layer sparse step - token_us) / L;
 - hybrid_token_us / hybrid_layer_us: the same two terms for the HybridEngine with every layer hot (its token loop
   with the host's embedding round trip, and an all-hot layer), from a 1-layer and an L-layer all-hot model;
@@ -164,13 +164,15 @@ def _sparse(llama: Any) -> Any:
     """The tiny model with every FFN on the kernels, predictor-gated (what Model.sparse('predictor') builds)."""
     from flax import nnx
 
-    from pijax.kernels.fast_ffn import KernelFFN
+    import jax.numpy as jnp
+
+    from pijax.model.predictor import Predictor
+    from pijax.model.rows import Selector
 
     module = nnx.clone(llama)
     for block, p in zip(module.layers, _predictors(len(module.layers)), strict=True):
-        ffn = block.ffn
-        gate = None if ffn.w_gate_fd is None else ffn.w_gate_fd[...]
-        block.ffn = KernelFFN(module.cfg, ffn.w_up_fd[...], gate, ffn.w_down_fd[...], fc1=p.fc1, fc2=p.fc2)
+        pred = Predictor.from_rows(jnp.asarray(p.fc1), jnp.asarray(p.fc2))
+        block.ffn.configure(Selector(mode="predictor"), "kernels", pred)
     return module
 
 
