@@ -162,9 +162,8 @@ def _weight_seconds(module: Any, read_gbs: float) -> float:
 
 def _sparse(llama: Any) -> Any:
     """The tiny model with every FFN on the kernels, predictor-gated (what Model.sparse('predictor') builds)."""
-    from flax import nnx
-
     import jax.numpy as jnp
+    from flax import nnx
 
     from pijax.model.predictor import Predictor
     from pijax.model.rows import Selector
