@@ -6,7 +6,9 @@ load hits every engine alike: on a shared machine only these ratios mean anythin
     XLA_FLAGS=--xla_force_host_platform_device_count=2 PYTHONPATH=$PWD \
         python experiments/engine/ab_hybrid.py --preset small --budgets 0,50,100 --rounds 5 --tokens 32
 
---split also prints the step's time split at each budget (`pijax.engine.profile.step_split`).
+--split also prints the step's time split at each budget (`pijax.engine.profile.step_split`, on an engine built
+with overlap on, so that the split layers' hot rows are timed apart from attention): `--rounds 0 --split
+--budgets 50` gives only the split at 50%.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,7 +44,7 @@ def main() -> None:
     ap.add_argument("--policy", default="powerinfer")
     ap.add_argument("--dense", action="store_true", help="also the dense (XLA FFN) engine")
     ap.add_argument("--split", action="store_true", help="print the step's time split at each budget")
-    ap.add_argument("--twin", default=None, help="dev: a second hybrid per budget, modified (hugepages|nohuge)")
+    ap.add_argument("--twin", default=None, help="dev: more hybrids per budget, modified: overlap,devput")
     args = ap.parse_args()
     placement = setup_devices(HardwareConfig(platform="cpu", n_accel=1))
     build.set_threads(2)
@@ -57,35 +60,32 @@ def main() -> None:
     prompt = np.random.default_rng(0).integers(3, m.config.n_vocab, 8).tolist()
     n_ctx = Engine(m.module).cache_size(len(prompt), args.tokens)
     tmp = tempfile.mkdtemp(prefix="ab-hybrid-")
-    for b in args.budgets.split(","):
-        setup = prepare_hybrid(
+
+    def hybrid(b: str, hw: HardwareConfig) -> Any:
+        index_cfg = IndexConfig(policy=args.policy, path=f"{tmp}/{b}.gpuidx")
+        return prepare_hybrid(
             m,
             f"ffn:{b}%",
-            index_cfg=IndexConfig(policy=args.policy, path=f"{tmp}/{b}.gpuidx"),
-            hardware=HardwareConfig(platform="cpu", n_accel=1),
+            index_cfg=index_cfg,
+            hardware=hw,
             placement=placement,
             stats=stats,
             profile_tokens=2048,
             n_ctx=n_ctx,
         )
-        engines[f"hybrid ffn:{b}%"] = setup.engine
-        if args.twin:
-            twin = prepare_hybrid(
-                m,
-                f"ffn:{b}%",
-                index_cfg=IndexConfig(policy=args.policy, path=f"{tmp}/{b}.gpuidx"),
-                hardware=HardwareConfig(platform="cpu", n_accel=1),
-                placement=placement,
-                stats=stats,
-                profile_tokens=2048,
-                n_ctx=n_ctx,
-            ).engine
-            if args.twin == "hugepages":
-                from pijax.engine.hybrid import HybridLlama
 
-                h: HybridLlama = twin.hybrid
-                print("advised", build.use_hugepages(h.parts()) >> 20, "MiB")
-            engines[f"{args.twin} ffn:{b}%"] = twin
+    for b in args.budgets.split(","):
+        setup = hybrid(b, HardwareConfig(platform="cpu", n_accel=1))
+        engines[f"hybrid ffn:{b}%"] = setup.engine
+        for twin in args.twin.split(",") if args.twin else []:
+            hw = HardwareConfig(platform="cpu", n_accel=1, overlap=twin == "overlap")
+            e = hybrid(b, hw).engine
+            if twin == "devput":  # the copies as jax.device_put
+                from pijax.layout.devices import to_local, to_mesh
+
+                for name, dst in (("_to_host_copy", placement.on_host), ("_to_accel_copy", placement.replicated)):
+                    setattr(e, name, lambda x, dst=dst: to_mesh(to_local(x), dst))
+            engines[f"{twin} ffn:{b}%"] = e
     res: dict[str, list[float]] = {k: [] for k in engines}
     greedy = SamplingConfig()
     ref = None
@@ -99,17 +99,17 @@ def main() -> None:
         for k, e in engines.items():
             o = e.generate(prompt, args.tokens, greedy, eos_id=None)
             res[k].append(o.decode_steps / o.decode_s)
-    sp, spx = statistics.median(res["sparse"]), max(res["sparse"])
-    for k, v in res.items():
+    sp, spx = (statistics.median(res["sparse"]), max(res["sparse"])) if args.rounds else (1.0, 1.0)
+    for k, v in res.items() if args.rounds else ():
         med = statistics.median(v)
         print(
             f"{k:18s} median {med:7.2f} tok/s (min {min(v):.2f}, max {max(v):.2f})  {med / sp:.2f}x sparse"
             f" (best/best {max(v) / spx:.2f}x)"
         )
-    if args.split:
-        for k, e in engines.items():
-            if k.startswith("hybrid"):
-                print(f"split {k}:", format_split(step_split(e, prompt, args.tokens)), flush=True)
+    if args.split:  # overlap on: the split layers' hot rows are then a call of their own, timed apart
+        for b in args.budgets.split(","):
+            e = hybrid(b, HardwareConfig(platform="cpu", n_accel=1, overlap=True)).engine
+            print(f"split ffn:{b}% (overlap on):", format_split(step_split(e, prompt, args.tokens)), flush=True)
 
 
 if __name__ == "__main__":

@@ -160,17 +160,16 @@ def _embed_call(table_vd, tok_bt):
 
 
 class _Copier:
-    """Copies an array that lives on one device to a sharding of one other device: host <-> accelerator, the
-    copies a split layer makes twice per token. With several accelerators (a replicated target) it is
-    jax.device_put; for one, jax's batched copy, called directly."""
+    """Copies the arrays of one hand-over (host -> accelerators or back) to `dst`; a split layer makes two per
+    token. With one accelerator in one process both ends are single devices, and jax's batched copy is called
+    directly; otherwise (a replicated target, several processes) jax.device_put."""
 
-    def __init__(self, dst: Any):
+    def __init__(self, dst: Any, single: bool):
         self.dst = dst
-        devices = dst._internal_device_list.addressable_device_list if _BATCHED_COPY is not None else ()
-        self.devices = devices if len(devices) == 1 and dst.is_fully_addressable else None
+        self.devices = dst._internal_device_list.addressable_device_list if single and _BATCHED_COPY else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.devices is not None and getattr(x, "is_fully_addressable", False) and len(x.sharding.device_set) == 1:
+        if self.devices is not None:
             return _BATCHED_COPY([x], [self.devices], [self.dst], [_ALWAYS_COPY])[0]
         return to_mesh(to_local(x), self.dst)
 
@@ -207,8 +206,9 @@ class HybridEngine(Engine):
         self.timer: dict[str, float] | None = None  # seconds per part, when profiling (pijax.engine.profile)
         self._caches: dict[tuple[int, int], Any] = {}
         self._key: tuple[Any, Any] = (None, None)  # (the caller's key, its replicated copy)
-        self._to_host_copy = _Copier(hybrid.placement.on_host)
-        self._to_accel_copy = _Copier(hybrid.placement.replicated)
+        single = hybrid.placement.n_accel == 1 and jax.process_count() == 1
+        self._to_host_copy = _Copier(hybrid.placement.on_host, single)
+        self._to_accel_copy = _Copier(hybrid.placement.replicated, single)
 
     def _zero_input(self, b: int, t: int) -> jax.Array:
         """The first stage's 'cold output of the previous layer': zeros, so that it compiles like the others."""
@@ -247,7 +247,8 @@ class HybridEngine(Engine):
         raise AssertionError("unreachable")
 
     def _embed_tokens(self, tokens: Any) -> jax.Array:
-        """The embedding rows [B, T, D] of tokens [B, T] (numpy) or of a decode step's tokens [B] (on the mesh)."""
+        """The embedding rows [B, T, D] of tokens [B, T] (numpy) or of a decode step's tokens [B] (numpy, or the
+        previous step's sampled tokens on the mesh)."""
         if isinstance(tokens, jax.Array):
             tok = self._run("transfer", self._to_host_copy, tokens)
         else:
@@ -322,7 +323,8 @@ class HybridEngine(Engine):
         self, cache: KVCache, token_b: jax.Array, pos: int, sampling: SamplingConfig, key: jax.Array
     ) -> tuple[jax.Array, jax.Array, KVCache]:
         """One token per sequence at position `pos`; `cache` is donated (do not reuse it)."""
-        tok, logits, cache, _ = self._step(sampling, (), cache, token_b, jnp.asarray(pos, jnp.int32), key)
+        tokens = np.asarray(token_b)  # the caller's tokens may live anywhere; the copier takes only the mesh's
+        tok, logits, cache, _ = self._step(sampling, (), cache, tokens, jnp.asarray(pos, jnp.int32), key)
         return tok, logits, cache
 
     def _warm(self, arr: np.ndarray, n_cache: int, sampling: SamplingConfig, key: jax.Array) -> Any:
