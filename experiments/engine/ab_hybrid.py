@@ -14,6 +14,7 @@ with overlap on, so that the split layers' hot rows are timed apart from attenti
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 from typing import Any
@@ -44,7 +45,11 @@ def main() -> None:
     ap.add_argument("--policy", default="powerinfer")
     ap.add_argument("--dense", action="store_true", help="also the dense (XLA FFN) engine")
     ap.add_argument("--split", action="store_true", help="print the step's time split at each budget")
-    ap.add_argument("--twin", default=None, help="dev: more hybrids per budget, modified: overlap,devput")
+    ap.add_argument(
+        "--twin",
+        default=None,
+        help="more hybrids per budget, modified: overlap (hot rows as their own call), devput (copies by jax.device_put), nohuge (weights on 4 KiB pages)",
+    )
     args = ap.parse_args()
     placement = setup_devices(HardwareConfig(platform="cpu", n_accel=1))
     build.set_threads(2)
@@ -79,7 +84,13 @@ def main() -> None:
         engines[f"hybrid ffn:{b}%"] = setup.engine
         for twin in args.twin.split(",") if args.twin else []:
             hw = HardwareConfig(platform="cpu", n_accel=1, overlap=twin == "overlap")
-            e = hybrid(b, hw).engine
+            if twin == "nohuge":  # the hybrid's weights on 4 KiB pages (read when build_hybrid advises them)
+                os.environ["PIJAX_NO_HUGEPAGES"] = "1"
+            try:
+                e = hybrid(b, hw).engine
+            finally:
+                if twin == "nohuge":
+                    del os.environ["PIJAX_NO_HUGEPAGES"]
             if twin == "devput":  # the copies as jax.device_put
                 from pijax.layout.devices import to_local, to_mesh
 
