@@ -37,6 +37,14 @@ from pijax.model.generate import Engine, SamplingConfig, bucket, sample_logits
 from pijax.model.layers import KVCache, init_cache, rope_angles
 from pijax.model.llama import Block
 
+try:  # jax.device_put's own last step, without its ~35 us of Python per call (measured on the 2-core dev CPU)
+    from jax._src.lib import xla_client as _xc
+
+    _BATCHED_COPY = _xc.batched_copy_array_to_devices_with_sharding
+    _ALWAYS_COPY = _xc.ArrayCopySemantics.ALWAYS_COPY
+except (ImportError, AttributeError):  # another jax: device_put does the same, slower
+    _BATCHED_COPY = None
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Static:
@@ -146,7 +154,24 @@ def _final_call(
 
 @jax.jit
 def _embed_call(table_vd, tok_bt):
+    if tok_bt.ndim == 1:  # a decode step's tokens [B]: made [B, 1] here, not by an op of its own
+        tok_bt = tok_bt[:, None]
     return jnp.take(table_vd, tok_bt, axis=0)
+
+
+class _Copier:
+    """Copies the arrays of one hand-over (host -> accelerators or back) to `dst`; a split layer makes two per
+    token. With one accelerator in one process both ends are single devices, and jax's batched copy is called
+    directly; otherwise (a replicated target, several processes) jax.device_put."""
+
+    def __init__(self, dst: Any, single: bool):
+        self.dst = dst
+        self.devices = dst._internal_device_list.addressable_device_list if single and _BATCHED_COPY else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.devices is not None:
+            return _BATCHED_COPY([x], [self.devices], [self.dst], [_ALWAYS_COPY])[0]
+        return to_mesh(to_local(x), self.dst)
 
 
 class HybridEngine(Engine):
@@ -181,6 +206,9 @@ class HybridEngine(Engine):
         self.timer: dict[str, float] | None = None  # seconds per part, when profiling (pijax.engine.profile)
         self._caches: dict[tuple[int, int], Any] = {}
         self._key: tuple[Any, Any] = (None, None)  # (the caller's key, its replicated copy)
+        single = hybrid.placement.n_accel == 1 and jax.process_count() == 1
+        self._to_host_copy = _Copier(hybrid.placement.on_host, single)
+        self._to_accel_copy = _Copier(hybrid.placement.replicated, single)
 
     def _zero_input(self, b: int, t: int) -> jax.Array:
         """The first stage's 'cold output of the previous layer': zeros, so that it compiles like the others."""
@@ -193,7 +221,6 @@ class HybridEngine(Engine):
     def _pass(self, variant: str, x, cache, pos, n_valid=None, key=None, sampling=None):
         """Run every stage on x (replicated on the accelerators); returns the final call's outputs, with the
         per-stage caches joined into one list."""
-        repl = self.placement.replicated
         cold, caches = self._zero_input(x.shape[0], x.shape[1]), []
         for s, (lo, hi) in enumerate(self.bounds):
             st, leaves = self.stages[s]
@@ -214,18 +241,23 @@ class HybridEngine(Engine):
             else:
                 x, to_host, cs = self._run("accelerators", _mid_call, st, leaves, cs, x, cold, pos)
                 y = self._run("FFN cold", _cold_call, *self.colds[layer], self._to_host(to_host))
-            cold = self._run("transfer", to_mesh, y, repl)
+            cold = self._run("transfer", self._to_accel_copy, y)
             if cs is not None:
                 caches.extend(cs)
         raise AssertionError("unreachable")
 
-    def _embed_tokens(self, tokens_bt: Any) -> jax.Array:
-        tok = jax.device_put(to_local(tokens_bt), self.placement.on_host)
+    def _embed_tokens(self, tokens: Any) -> jax.Array:
+        """The embedding rows [B, T, D] of tokens [B, T] (numpy) or of a decode step's tokens [B] (numpy, or the
+        previous step's sampled tokens on the mesh)."""
+        if isinstance(tokens, jax.Array):
+            tok = self._run("transfer", self._to_host_copy, tokens)
+        else:
+            tok = jax.device_put(tokens, self.placement.on_host)
         x = self._run("embedding", _embed_call, self.hybrid.embed_vd, tok)
-        return self._run("transfer", to_mesh, x, self.placement.replicated)
+        return self._run("transfer", self._to_accel_copy, x)
 
     def _to_host(self, x: jax.Array) -> jax.Array:
-        return self._run("transfer", jax.device_put, to_local(x), self.placement.on_host)
+        return self._run("transfer", self._to_host_copy, x)
 
     def _run(self, part: str, fn: Any, *args: Any) -> Any:
         """fn(*args); with a timer set (pijax.engine.profile), waited for and its time added to `part`."""
@@ -285,13 +317,14 @@ class HybridEngine(Engine):
             if self._key[0] is not key:
                 self._key = (key, to_mesh(key, repl))
             key = self._key[1]
-        return self._pass("decode", self._embed_tokens(token_b[:, None]), cache, pos, None, key, sampling)
+        return self._pass("decode", self._embed_tokens(token_b), cache, pos, None, key, sampling)
 
     def decode_step(
         self, cache: KVCache, token_b: jax.Array, pos: int, sampling: SamplingConfig, key: jax.Array
     ) -> tuple[jax.Array, jax.Array, KVCache]:
         """One token per sequence at position `pos`; `cache` is donated (do not reuse it)."""
-        tok, logits, cache, _ = self._step(sampling, (), cache, token_b, jnp.asarray(pos, jnp.int32), key)
+        tokens = np.asarray(token_b)  # the caller's tokens may live anywhere; the copier takes only the mesh's
+        tok, logits, cache, _ = self._step(sampling, (), cache, tokens, jnp.asarray(pos, jnp.int32), key)
         return tok, logits, cache
 
     def _warm(self, arr: np.ndarray, n_cache: int, sampling: SamplingConfig, key: jax.Array) -> Any:
