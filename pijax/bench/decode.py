@@ -17,6 +17,9 @@
   stack) and the FFN-layer comparison (`pijax.bench.ffn_kernel`).
 Everything is written to `out_dir` (results.json, decode.csv, sweep.csv, targets.md, PNGs). Timing never runs in
 CI: tests call this with `BenchConfig.smoke()`.
+
+`--model smollm2-135m --targets R1,R2,R3` measures the real-model targets instead (`pijax.bench.decode_real`:
+64-token prompt, 128 new tokens, pijax and llama.cpp paired round by round, optionally `--powerinfer-bin`).
 """
 
 from __future__ import annotations
@@ -322,22 +325,43 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parts", default=",".join(BenchConfig().parts))
     ap.add_argument("--repeats", type=int, default=BenchConfig().repeats)
     ap.add_argument("--n-new", type=int, default=BenchConfig().n_new)
-    ap.add_argument("--n-prompt", type=int, default=BenchConfig().n_prompt)
+    ap.add_argument("--n-prompt", type=int, default=None, help="default: 128 (synthetic), 64 (--model)")
     ap.add_argument("--preset", default=BenchConfig().preset)
     ap.add_argument("--budgets", default=",".join(BenchConfig().hybrid_budgets), help="hybrid budgets, ffn:X%%")
     ap.add_argument("--policy", default=BenchConfig().hybrid_policy, help="index policy of the hybrid rows")
     ap.add_argument("--hardware", default="auto", choices=("auto", "cpu", "gpu"), help="accelerators of the hybrid")
     ap.add_argument("--out", type=Path, default=Path("experiments/bench"))
+    ap.add_argument("--model", default="", help="a real model (registry name or GGUF): its targets, paired run by run")
+    ap.add_argument("--targets", default="R1", help="with --model: which of R1,R2,R3 (pijax.bench.decode_real)")
+    ap.add_argument("--powerinfer-bin", default="", help="a user-built PowerInfer main, timed on the same files")
+    ap.add_argument("--powerinfer-args", default="", help="extra arguments for PowerInfer's main (space-separated)")
     a = ap.parse_args(argv)
     from pijax.layout.config import HardwareConfig
 
+    if a.model:
+        from pijax.bench.decode_real import RealBenchConfig, run_real
+
+        try:
+            rc = RealBenchConfig(
+                model=a.model,
+                targets=tuple(a.targets.split(",")),
+                n_prompt=a.n_prompt or RealBenchConfig().n_prompt,
+                n_new=a.n_new,
+                repeats=a.repeats,
+                powerinfer_bin=a.powerinfer_bin,
+                powerinfer_args=tuple(a.powerinfer_args.split()),
+            )
+            run_real(rc, a.out)
+        except PijaxError as e:
+            raise SystemExit(f"pijax: error: {e}") from None
+        return
     try:
         cfg = BenchConfig(
             preset=a.preset,
             parts=tuple(a.parts.split(",")),
             repeats=a.repeats,
             n_new=a.n_new,
-            n_prompt=a.n_prompt,
+            n_prompt=a.n_prompt or BenchConfig().n_prompt,
             hybrid_budgets=tuple(a.budgets.split(",")),
             hybrid_policy=a.policy,
         )

@@ -66,6 +66,12 @@ def _f32_via_kernel(w: jax.Array, f32_kernel: bool | None) -> bool:
     return choice
 
 
+def dense_kernel_ok(n_tokens: int, w: Weight) -> bool:
+    """Whether a dense product over `w` for n_tokens tokens takes the C++ kernel (f32: as `set_f32_kernel` says)."""
+    is_f32 = not isinstance(w, QuantRows) and w.dtype == jnp.float32
+    return kernel_ok(n_tokens) and (not is_f32 or _f32_via_kernel(w, None))
+
+
 def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kernel: bool | None = None) -> jax.Array:
     """x [..., D] @ w[N, D]^T -> [..., N] in f32 (x's dtype for f32 weights on the XLA path)."""
     lead = x.shape[:-1]

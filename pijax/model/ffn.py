@@ -14,6 +14,7 @@ from flax import nnx
 
 from pijax.config import FfnActivation, ModelConfig
 from pijax.io.weights import LayerWeights
+from pijax.kernels.ops import dense_kernel_ok, sparse_ffn
 from pijax.kernels.reference import down_project, rows_activation
 from pijax.model.layers import param
 
@@ -45,4 +46,12 @@ class DenseFFN(nnx.Module):
 
     def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:
         del ffn_in_btd  # only a predictor-gated FFN reads it
+        b, t, d = h_btd.shape
+        up = self.w_up_fd[...]
+        if dense_kernel_ok(b * t, up):
+            # Decode: one kernel call reads each neuron's gate and up rows in one pass and adds its down_t row;
+            # three XLA dots beside the kernels' other calls would run on a second thread pool (NOTES, issue 7).
+            gate = None if self.w_gate_fd is None else self.w_gate_fd[...]
+            y, _ = sparse_ffn(h_btd.reshape(b * t, d), None, up, gate, self.w_down_fd[...], kind=self.kind)
+            return y.reshape(b, t, d).astype(h_btd.dtype)
         return down_project(self.activations(h_btd), self.w_down_fd[...])
