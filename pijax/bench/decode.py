@@ -5,7 +5,7 @@
 `BenchConfig.preset` (built on first use by `pijax.bench.synth`; or a GGUF path):
 - llama.cpp (llama-cpp-python, n_threads = `threads`) dense f32 and f16 on plain copies of the model, in child
   processes, once before and once after pijax's measurements (so a load change shows);
-- pijax dense f32 (XLA's DenseFFN, and the kernel FFN), sparse f32 (predictors, ~10% predicted active), sparse in
+- pijax dense f32 (every product in XLA, and on the kernels), sparse f32 (predictors, ~10% predicted active), sparse in
   each low-precision format: prefill and decode tokens/s, medians of `repeats` after a warm-up;
 - the bound: read bandwidth (re-measured before every repeat) over the bytes a decode step must read: attention,
   output head, predictors, the predicted-active FFN rows (3 per neuron), the KV cache; and the bytes the kernel
@@ -45,7 +45,7 @@ from pijax.bench.decode_config import BenchConfig
 from pijax.bench.decode_timing import measure_pijax, profile_step, spread, with_bound
 from pijax.bench.dense_decode import BandwidthProbe
 from pijax.errors import DataError, PijaxError
-from pijax.kernels import build
+from pijax.kernels import build, ops
 from pijax.kernels.fast_ffn import KernelFFN
 from pijax.model.convert import load_llama, use_kernels
 from pijax.model.llama import Llama
@@ -186,7 +186,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         llama = load_llama(files.plain_f32, "f32", xla_ffn=True)
         results["params_B"] = sum(a.size for a in jax.tree.leaves(nnx.state(llama))) / 1e9
         wb = weight_bytes(llama)
-        r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (XLA FFN)")
+        r = _all_xla(llama, prompt, cfg, probe)
         results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
         use_kernels(llama, "f32", skip_inactive=False)
@@ -208,7 +208,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
     elif "dense_xla" in parts:  # the all-on-accelerator dense baseline only (no CPU kernels: runs on a GPU too)
         llama = load_llama(files.plain_f32, "f32", xla_ffn=True)
         wb = weight_bytes(llama)
-        r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (XLA FFN)")
+        r = _all_xla(llama, prompt, cfg, probe)
         results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
         _drop(llama)
@@ -223,7 +223,15 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         key = f"pijax_sparse_{fmt}"
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, f"pijax sparse {fmt}")
         st = selection_stats(llama, np.asarray(prompt + r["new_ids"][:-1]), cfg.sweep_fractions)
-        sb = step_bytes(wb, kv_bytes(llama, r["n_cache"]), st["selected_per_layer"], st["live_per_layer"])
+        # The bound counts the rows the timed steps selected (the kernel's own counts); the teacher-forced pass
+        # gives only what the kernel touches of them (live rows) and the sweep's thresholds.
+        timed = r.get("timed_selected_per_layer", st["selected_per_layer"])
+        live = [
+            lv * t / max(s, 1e-9)
+            for lv, t, s in zip(st["live_per_layer"], timed, st["selected_per_layer"], strict=True)
+        ]
+        sb = step_bytes(wb, kv_bytes(llama, r["n_cache"]), timed, live)
+        st["timed_selected_fraction"] = float(np.mean(timed) / llama.cfg.n_ff)
         results[key] = with_bound(r, sb) | {"selection": st, "weight_bytes": wb}
         _report(results[key])
         if "profile" in parts:
@@ -256,6 +264,15 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
 
     decode_report.write_all(results, out_dir)
     return results
+
+
+def _all_xla(llama: Llama, prompt: list[int], cfg: BenchConfig, probe: BandwidthProbe) -> dict[str, Any]:
+    """The dense f32 model with every product in XLA (no kernel route: what runs on an accelerator)."""
+    old = ops.set_f32_kernel(False)
+    try:
+        return measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (all XLA)")
+    finally:
+        ops.set_f32_kernel(old)
 
 
 def _small_points(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -308,7 +325,13 @@ def sweep(
                 by = step_bytes(wb | {"predictors": 0}, kv_bytes(llama, r["n_cache"]), None, None)
             else:
                 s2 = selection_stats(llama, np.asarray(prompt + r["new_ids"][:-1]))
-                by = step_bytes(wb, kv_bytes(llama, r["n_cache"]), s2["selected_per_layer"], s2["live_per_layer"])
+                timed = r.get("timed_selected_per_layer", s2["selected_per_layer"])
+                live = [
+                    lv * t / max(s, 1e-9)
+                    for lv, t, s in zip(s2["live_per_layer"], timed, s2["selected_per_layer"], strict=True)
+                ]
+                s2["selected_fraction"] = float(np.mean(timed) / llama.cfg.n_ff)
+                by = step_bytes(wb, kv_bytes(llama, r["n_cache"]), timed, live)
             r = with_bound(r, by)
             rows.append({"fraction": frac, "skip_inactive": skip, "selected_fraction": s2["selected_fraction"]} | r)
             _report(r)

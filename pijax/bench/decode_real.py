@@ -178,6 +178,7 @@ def run_real(cfg: RealBenchConfig, out_dir: Path) -> dict[str, Any]:
     import pijax
     from pijax.bench import powerinfer
     from pijax.kernels import bandwidth, build
+    from pijax.kernels.formats import check_format
 
     out_dir.mkdir(parents=True, exist_ok=True)
     build.set_threads(cfg.threads)
@@ -197,6 +198,7 @@ def run_real(cfg: RealBenchConfig, out_dir: Path) -> dict[str, Any]:
         row: dict[str, Any] = {"target": dataclasses.asdict(t), "rounds": []}
         res["rows"][name] = row
         try:
+            check_format(t.pijax_dtype)  # before making a copy of the weights that pijax could not read
             path = weights_file(cfg.model, t.weights)
             m = pijax.load_model(path, dtype=t.pijax_dtype)  # type: ignore[arg-type]
         except PijaxError as e:
@@ -209,7 +211,7 @@ def run_real(cfg: RealBenchConfig, out_dir: Path) -> dict[str, Any]:
         row["bytes_per_token"] = _bytes_per_token(m, m.engine.cache_size(cfg.n_prompt, cfg.n_new))
         row["overhead"] = per_token_overhead(m, prompt)
         loaded[name] = (m, path, prompt)
-    for r in range(cfg.repeats):
+    for r in range(cfg.repeats if loaded else 0):
         probe = bandwidth.read_bandwidth(cfg.probe_gb, repeats=3)
         for name, (m, path, prompt) in loaded.items():
             row = res["rows"][name]

@@ -25,7 +25,7 @@ from flax import nnx
 
 from pijax.config import ModelConfig
 from pijax.io.weights import LayerWeights
-from pijax.kernels.ops import linear  # f32: the plain einsum; f16/bf16/int8 weights: pijax.kernels
+from pijax.kernels.ops import linear, linear3  # f32: the plain einsum or a kernel; other formats: the kernels
 
 LayerCache = dict[str, jax.Array]
 KVCache = list[LayerCache]
@@ -129,9 +129,8 @@ class Attention(nnx.Module):
         b, t, _ = x_btd.shape
         g = self.n_head // self.n_head_kv
         h, kv, e = self.n_head, self.n_head_kv, self.head_dim
-        q = linear(x_btd, self.w_q_nd[...]).reshape(b, t, h, e)
-        k = linear(x_btd, self.w_k_nd[...]).reshape(b, t, kv, e)
-        v = linear(x_btd, self.w_v_nd[...]).reshape(b, t, kv, e)
+        q, k, v = linear3(x_btd, self.w_q_nd[...], self.w_k_nd[...], self.w_v_nd[...])
+        q, k, v = q.reshape(b, t, h, e), k.reshape(b, t, kv, e), v.reshape(b, t, kv, e)
         q, k = apply_rope(q, cos_bti, sin_bti), apply_rope(k, cos_bti, sin_bti)
         q_pos = jnp.arange(t) + pos
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, E]: the new positions only
