@@ -72,3 +72,25 @@ def test_unknown_or_unrunnable_targets(tmp_path: Path, monkeypatch: pytest.Monke
     res = run_real(RealBenchConfig(targets=("RX",), repeats=1), tmp_path)
     assert "not_run" in res["rows"]["RX"] and "q2_k" in res["rows"]["RX"]["not_run"]
     assert "| RX | not run |" in (tmp_path / "targets.md").read_text()
+
+
+def test_synthetic_report_uses_the_fixed_format_and_powerinfer_at_equal_precision() -> None:
+    from pijax.bench import decode_report
+
+    def run(tok_s: float) -> dict:
+        return {
+            "decode_tok_s": {"median": tok_s, "min": tok_s, "max": tok_s},
+            "prefill_tok_s": {"median": 1.0, "min": 1.0, "max": 1.0},
+        }
+
+    results = {
+        "config": {"t3_format": "f16"},
+        "llamacpp_f16": run(10.0),
+        "pijax_sparse_f16": run(25.0) | {"selection": {"timed_selected_fraction": 0.1}},
+        "pijax_sparse_int8": run(40.0),  # faster, but T3's format was fixed to f16 before the run
+        "powerinfer_f16": run(20.0),
+    }
+    rows = {r["target"]: r for r in decode_report.targets(results)}
+    assert rows["T3 vs llama.cpp f16"]["ratio"] == pytest.approx(2.5)
+    assert rows["S3 vs PowerInfer f16"]["ratio"] == pytest.approx(1.25) and rows["S3 vs PowerInfer f16"]["met"]
+    assert "SiLU" in decode_report.targets_markdown(results)  # llama.cpp runs the synthetic ReGLU weights as SiLU

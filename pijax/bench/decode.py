@@ -42,7 +42,7 @@ from pijax.bench import llamacpp
 from pijax.bench.contention import clean_mask, is_clean
 from pijax.bench.decode_bytes import kv_bytes, selection_stats, step_bytes, weight_bytes
 from pijax.bench.decode_config import BenchConfig
-from pijax.bench.decode_timing import measure_pijax, profile_step, spread, with_bound
+from pijax.bench.decode_timing import measure_pijax, profile_step, raise_bound, spread, with_bound
 from pijax.bench.dense_decode import BandwidthProbe
 from pijax.errors import DataError, PijaxError
 from pijax.kernels import build, ops
@@ -249,6 +249,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
 
     if "llamacpp" in parts and ok:
         _llamacpp_round(files, cfg, results, "after")
+    if cfg.powerinfer_bin:
+        results["powerinfer_f16"] = _powerinfer(files.pwri, cfg)
     if "size" in parts or "ffn" in parts:
         from pijax.bench import ffn_kernel, size_scaling
 
@@ -258,12 +260,52 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
             results["size"]["points"] += _small_points(results)
         if "ffn" in parts:
             results["ffn_layer"] = ffn_kernel.run(size_files.pwri, repeats=cfg.ffn_repeats, threads=cfg.threads)
+    _llamacpp_floor(results)
     results["load_average"]["end"] = _load_avg()
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     from pijax.bench import decode_report
 
     decode_report.write_all(results, out_dir)
     return results
+
+
+def _powerinfer(pwri: Path, cfg: BenchConfig) -> dict[str, Any] | str:
+    """A user-built PowerInfer main on an f16 copy of the PWRI file, `repeats` runs; or why it could not run."""
+    from pijax.bench import powerinfer
+    from pijax.io.convert import convert_gguf
+
+    f16 = pwri.with_name(pwri.stem + ".f16.gguf")
+    runs = []
+    try:
+        if not f16.is_file():
+            convert_gguf(pwri, f16, "f16")
+        for _ in range(cfg.repeats):
+            t = powerinfer.run_once(
+                cfg.powerinfer_bin, f16, threads=cfg.threads, n_new=cfg.n_new, extra=cfg.powerinfer_args
+            )
+            runs.append(dataclasses.asdict(t) | {"decode_tok_s": t.decode_tok_s, "prefill_tok_s": t.prefill_tok_s})
+    except PijaxError as e:
+        print(f"PowerInfer: {e}", flush=True)
+        return str(e)
+    dec = [r["decode_tok_s"] for r in runs]
+    return {"runs": runs, "decode_tok_s": spread(dec), "prefill_tok_s": spread([r["prefill_tok_s"] for r in runs])}
+
+
+def _llamacpp_floor(results: dict[str, Any]) -> None:
+    """llama.cpp's effective read rate (its f32 decode tok/s x the bytes of the same dense f32 step), recorded, and
+    used as the floor of every repeat's bandwidth: the bound is the higher of the probe and llama.cpp's rate."""
+    dense = results.get("pijax_dense_f32_kernel") or results.get("pijax_dense_f32_xla")
+    l32 = results.get("llamacpp_f32")
+    if not dense or not l32 or "bound_bytes" not in dense:
+        return
+    floor = l32["decode_tok_s"]["median"] * dense["bound_bytes"]
+    results["llamacpp_f32_effective_GBps"] = floor / 1e9
+    for key, res in results.items():
+        if isinstance(res, dict) and "bandwidth_runs" in res and "bound_bytes" in res:
+            raise_bound(res, floor)
+        if key.startswith("sweep_"):
+            for row in res:
+                raise_bound(row, floor)
 
 
 def _all_xla(llama: Llama, prompt: list[int], cfg: BenchConfig, probe: BandwidthProbe) -> dict[str, Any]:
@@ -387,6 +429,8 @@ def main(argv: list[str] | None = None) -> None:
             n_prompt=a.n_prompt or BenchConfig().n_prompt,
             hybrid_budgets=tuple(a.budgets.split(",")),
             hybrid_policy=a.policy,
+            powerinfer_bin=a.powerinfer_bin,
+            powerinfer_args=tuple(a.powerinfer_args.split()),
         )
         run_bench(cfg, a.out, HardwareConfig(platform=a.hardware))
     except PijaxError as e:

@@ -48,6 +48,8 @@ class BenchConfig:
     t1_engine / t3_format / t4_case: the engine, format and FFN-layer case each target reports, fixed before the
       run (the report never picks the faster of two after it): T1 dense decode and prefill, T3's low-precision
       sparse format, T4's sparse case (`pijax.bench.ffn_kernel` names; the rows-alone case is printed beside it).
+    powerinfer_bin / powerinfer_args: a user-built PowerInfer `main` (and extra arguments), timed `repeats` times on
+      an f16 copy of the PWRI file (PowerInfer's CPU path reads ffn_down_t as f16); "" skips it.
     """
 
     preset: str = "tinyllama-1.1b"
@@ -72,6 +74,8 @@ class BenchConfig:
     t1_engine: str = "pijax_dense_f32_kernel"
     t3_format: str = "int8"
     t4_case: str = "sparse f32 (int8 predictor)"
+    powerinfer_bin: str = ""
+    powerinfer_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.t1_engine not in T1_ENGINES:

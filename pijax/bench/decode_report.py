@@ -18,6 +18,7 @@ GOALS = {
     "T2 share of bound": 0.75,
     "T3 vs llama.cpp f16": 2.0,
     "T4 FFN layer": 6.0,
+    "S3 vs PowerInfer f16": 1.2,
 }
 COMMAND = "python -m pijax.bench.decode"
 
@@ -73,6 +74,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if low and l16:
         what = f"pijax_sparse_{fixed['t3_format']}"
         rows.append({"target": "T3 vs llama.cpp f16", **_ratio(low["decode_tok_s"], l16["decode_tok_s"]), "what": what})
+    pi, f16 = results.get("powerinfer_f16"), results.get("pijax_sparse_f16")
+    if isinstance(pi, dict) and f16:  # the same precision on both sides
+        frac = f16.get("selection", {}).get("timed_selected_fraction", float("nan"))
+        rows.append(
+            {
+                "target": "S3 vs PowerInfer f16",
+                **_ratio(f16["decode_tok_s"], pi["decode_tok_s"]),
+                "what": f"pijax_sparse_f16 ({frac:.1%} selected) vs a user-built PowerInfer main on the f16 PWRI copy",
+            }
+        )
     ffn = results.get("ffn_layer")
     if ffn:
         for r in ffn["speedups"]:
@@ -96,6 +107,14 @@ def targets_markdown(results: dict[str, Any]) -> str:
         )
     if "llamacpp_missing" in results:
         lines.append(f"\nllama.cpp reference missing: {results['llamacpp_missing']}")
+    if "llamacpp_f32_effective_GBps" in results:
+        sp = results.get("pijax_sparse_f32", {})
+        probe = sp.get("bandwidth_runs_probe")
+        lines.append(
+            f"\nBandwidth of the bound: the higher of the probe (median "
+            f"{'n/a' if not probe else f'{sorted(probe)[len(probe) // 2] / 1e9:.1f}'} GB/s) and llama.cpp f32's own "
+            f"effective rate ({results['llamacpp_f32_effective_GBps']:.1f} GB/s = its tok/s x the dense step's bytes)."
+        )
     if results.get("synthetic", True) and not results.get("llamacpp_missing"):
         lines.append(
             "\nllama.cpp runs these synthetic ReGLU weights as SiLU (it has no ReGLU): the same bytes and the same "

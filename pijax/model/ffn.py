@@ -48,7 +48,7 @@ class DenseFFN(nnx.Module):
         del ffn_in_btd  # only a predictor-gated FFN reads it
         b, t, d = h_btd.shape
         up = self.w_up_fd[...]
-        if dense_kernel_ok(b * t, up):
+        if t == 1 and dense_kernel_ok(b, up):  # (a training batch is never one position: it needs gradients)
             # Decode: one kernel call reads each neuron's gate and up rows in one pass and adds its down_t row;
             # three XLA dots beside the kernels' other calls would run on a second thread pool (NOTES, issue 7).
             gate = None if self.w_gate_fd is None else self.w_gate_fd[...]
