@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pijax.bench import llamacpp
-from pijax.bench.contention import Contention
+from pijax.bench.contention import Contention, is_clean
 from pijax.errors import ConfigError, PijaxError
 
 
@@ -276,6 +276,9 @@ def summarize(rounds: list[dict[str, Any]], bytes_per_token: int, goal: float) -
     probes = [r["probe_GBps"] for r in rounds if r.get("probe_GBps")]
     if probes:
         out["probe_GBps"] = _spread(probes)
+    foreign = [r["pijax"].get("foreign_cores") for r in rounds]
+    foreign += [f for r in paired for f in r["llamacpp"].get("foreign_cores", [])]
+    out["contended_runs"] = sum(not is_clean(f) for f in foreign)  # runs that saw other processes' CPU
     pis = [r["powerinfer"]["decode_tok_s"] for r in rounds if isinstance(r.get("powerinfer"), dict)]
     if pis:
         out["powerinfer_decode"] = _spread(pis)
@@ -308,6 +311,9 @@ def real_targets_markdown(res: dict[str, Any]) -> str:
             f"{'yes' if row['met'] else 'NO'} | {row['pijax_decode']['median']:.2f} | {row['llamacpp_decode']['median']:.2f} | "
             f"{sh:.0%} | {row['llamacpp_GBps']['median']:.1f} | {pr:.1f} | {row['overhead']['overhead_ms']:.3f} | {t['note']} |"
         )
+    busy = {n: r["contended_runs"] for n, r in res["rows"].items() if r.get("contended_runs")}
+    if busy:
+        lines += ["", "Runs that saw other processes' CPU (> 0.25 core; figures from them are suspect): " + str(busy)]
     pis = {n: r["powerinfer_decode"] for n, r in res["rows"].items() if "powerinfer_decode" in r}
     if pis:
         lines += [
