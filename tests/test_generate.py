@@ -100,3 +100,17 @@ def test_top_k_and_top_p_keep_only_their_sets() -> None:
 def test_bad_sampling_settings_are_rejected(model: pijax.Model, kwargs: dict[str, float]) -> None:
     with pytest.raises(pijax.PijaxError):
         model.generate(PROMPT, **kwargs)
+
+
+def test_kv_cache_is_head_major_and_decode_never_copies_it(model: pijax.Model) -> None:
+    from pijax.model.layers import init_cache
+
+    cfg = model.config
+    cache = init_cache(cfg, 1, 32)
+    assert cache[0]["k"].shape == (1, cfg.n_head_kv, 32, cfg.head_dim) == cache[0]["v"].shape
+    step = model.engine._warm(np.arange(1, 9, dtype=np.int32), 32, SamplingConfig(), jax.random.key(0))
+    hlo = step.as_text()
+    entry = hlo[hlo.index("ENTRY") :]
+    # The donated cache is updated in place and read where it lies: no instruction copies a cache buffer.
+    copies = [line for line in entry.splitlines() if " copy(" in line]
+    assert copies == []

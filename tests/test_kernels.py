@@ -196,6 +196,11 @@ def test_targets_table_ratios_and_missing_reference() -> None:
             "decode_tok_s": {"median": 7.7, "min": 7.0, "max": 8.4},
             "prefill_tok_s": {"median": 30.0, "min": 30.0, "max": 30.0},
         },
+        "pijax_dense_f32_kernel": {  # faster, but not the engine the config fixed for T1: never picked
+            "decode_tok_s": {"median": 9.0, "min": 9.0, "max": 9.0},
+            "prefill_tok_s": {"median": 90.0, "min": 90.0, "max": 90.0},
+        },
+        "config": {"t1_engine": "pijax_dense_f32_xla"},
         "pijax_sparse_f32": {
             "decode_tok_s": {"median": 14.0, "min": 12.0, "max": 16.0},
             "prefill_tok_s": {"median": 1.0, "min": 1.0, "max": 1.0},
@@ -208,6 +213,7 @@ def test_targets_table_ratios_and_missing_reference() -> None:
     }
     rows = {r["target"]: r for r in decode_report.targets(runs)}
     assert rows["T1 decode"]["ratio"] == pytest.approx(1.1) and rows["T1 decode"]["met"]
+    assert rows["T1 decode"]["what"] == "pijax_dense_f32_xla"
     assert rows["T1 decode"]["min"] == pytest.approx(7.0 / 8.0) and rows["T1 decode"]["max"] == pytest.approx(1.4)
     assert rows["T1 prefill"]["ratio"] == pytest.approx(0.6) and not rows["T1 prefill"]["met"]
     assert rows["T2 vs llama.cpp f32"]["ratio"] == pytest.approx(2.0) and not rows["T2 vs llama.cpp f32"]["met"]
@@ -277,3 +283,40 @@ def test_avx2_build_computes_what_the_reference_does(tmp_path: Path) -> None:
     isa, diffs = json.loads(out.stdout.strip().splitlines()[-1])
     assert isa == "avx2"
     assert max(diffs) < 1e-5  # relative to the largest output: rounding only
+
+
+@needs_kernels
+def test_f32_model_decodes_through_the_kernels_as_through_xla() -> None:
+    """load_model's f32 model: with the f32 kernel route on (as on a single CPU device) its decode step runs the
+    dense FFN and the matrices on the kernels, and gives XLA's tokens and logits."""
+    model = pijax.load_model(STORIES260K)
+    ids = model.tokenizer.encode("Once upon a time, there was a little girl", bos=True)
+    old = ops.set_f32_kernel(False)
+    try:
+        xla = Engine(model.module)
+        want, ref = xla.generate(ids, 16, GREEDY).new_ids, _teacher_forced(xla, ids, 3)
+        ops.set_f32_kernel(True)
+        kern = Engine(model.module)
+        step = kern._warm(np.asarray(ids, np.int32), 64, GREEDY, jax.random.key(0))
+        hlo = step.as_text()
+        assert all(f'"{t}"' in hlo for t in ("pijax_sparse_ffn", "pijax_rows_dot3", "pijax_rows_dot"))
+        assert kern.generate(ids, 16, GREEDY).new_ids == want
+        np.testing.assert_allclose(_teacher_forced(kern, ids, 3), ref, atol=1e-4, rtol=0)
+    finally:
+        ops.set_f32_kernel(old)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", ["f32", "f16", "bf16"])
+def test_three_products_in_one_call_equal_three_calls(fmt: str) -> None:
+    x = _rand((2, 100), 0)
+    ws = [formats.to_format(_rand((n, 100), i + 1), fmt) for i, n in enumerate((96, 40, 17))]
+    old = ops.set_f32_kernel(True)
+    try:
+        fused = jax.jit(lambda x, a, b, c: ops.linear3(x, a, b, c))
+        assert "pijax_rows_dot3" in fused.lower(x, *ws).as_text()
+        got = fused(x, *ws)
+        for y, w in zip(got, ws, strict=True):
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(jax.jit(ops.linear)(x, w)))
+    finally:
+        ops.set_f32_kernel(old)

@@ -5,7 +5,7 @@
 `BenchConfig.preset` (built on first use by `pijax.bench.synth`; or a GGUF path):
 - llama.cpp (llama-cpp-python, n_threads = `threads`) dense f32 and f16 on plain copies of the model, in child
   processes, once before and once after pijax's measurements (so a load change shows);
-- pijax dense f32 (the FFN on XLA, and on the kernels), sparse f32 (predictors, ~10% predicted active), sparse in
+- pijax dense f32 (every product in XLA, and on the kernels), sparse f32 (predictors, ~10% predicted active), sparse in
   each low-precision format: prefill and decode tokens/s, medians of `repeats` after a warm-up;
 - the bound: read bandwidth (re-measured before every repeat) over the bytes a decode step must read: attention,
   output head, predictors, the predicted-active FFN rows (3 per neuron), the KV cache; and the bytes the kernel
@@ -17,6 +17,9 @@
   stack) and the FFN-layer comparison (`pijax.bench.ffn_kernel`).
 Everything is written to `out_dir` (results.json, decode.csv, sweep.csv, targets.md, PNGs). Timing never runs in
 CI: tests call this with `BenchConfig.smoke()`.
+
+`--model smollm2-135m --targets R1,R2,R3` measures the real-model targets instead (`pijax.bench.decode_real`:
+64-token prompt, 128 new tokens, pijax and llama.cpp paired round by round, optionally `--powerinfer-bin`).
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ from pijax.bench import llamacpp
 from pijax.bench.contention import clean_mask, is_clean
 from pijax.bench.decode_bytes import kv_bytes, selection_stats, step_bytes, weight_bytes
 from pijax.bench.decode_config import BenchConfig
-from pijax.bench.decode_timing import measure_pijax, profile_step, spread, with_bound
+from pijax.bench.decode_timing import measure_pijax, profile_step, raise_bound, spread, with_bound
 from pijax.bench.dense_decode import BandwidthProbe
 from pijax.errors import DataError, PijaxError
-from pijax.kernels import build
+from pijax.kernels import build, ops
 from pijax.model.convert import load_llama, use_kernels
 from pijax.model.llama import Llama
 from pijax.model.rows import Selector
@@ -183,7 +186,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         llama = load_llama(files.plain_f32, "f32", xla_ffn=True)
         results["params_B"] = sum(a.size for a in jax.tree.leaves(nnx.state(llama))) / 1e9
         wb = weight_bytes(llama)
-        r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (XLA FFN)")
+        r = _all_xla(llama, prompt, cfg, probe)
         results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
         use_kernels(llama, "f32", skip_inactive=False)
@@ -205,7 +208,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
     elif "dense_xla" in parts:  # the all-on-accelerator dense baseline only (no CPU kernels: runs on a GPU too)
         llama = load_llama(files.plain_f32, "f32", xla_ffn=True)
         wb = weight_bytes(llama)
-        r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (XLA FFN)")
+        r = _all_xla(llama, prompt, cfg, probe)
         results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
         _drop(llama)
@@ -220,7 +223,15 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         key = f"pijax_sparse_{fmt}"
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, f"pijax sparse {fmt}")
         st = selection_stats(llama, np.asarray(prompt + r["new_ids"][:-1]), cfg.sweep_fractions)
-        sb = step_bytes(wb, kv_bytes(llama, r["n_cache"]), st["selected_per_layer"], st["live_per_layer"])
+        # The bound counts the rows the timed steps selected (the kernel's own counts); the teacher-forced pass
+        # gives only what the kernel touches of them (live rows) and the sweep's thresholds.
+        timed = r.get("timed_selected_per_layer", st["selected_per_layer"])
+        live = [
+            lv * t / max(s, 1e-9)
+            for lv, t, s in zip(st["live_per_layer"], timed, st["selected_per_layer"], strict=True)
+        ]
+        sb = step_bytes(wb, kv_bytes(llama, r["n_cache"]), timed, live)
+        st["timed_selected_fraction"] = float(np.mean(timed) / llama.cfg.n_ff)
         results[key] = with_bound(r, sb) | {"selection": st, "weight_bytes": wb}
         _report(results[key])
         if "profile" in parts:
@@ -238,6 +249,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
 
     if "llamacpp" in parts and ok:
         _llamacpp_round(files, cfg, results, "after")
+    if cfg.powerinfer_bin:
+        results["powerinfer_f16"] = _powerinfer(files.pwri, cfg)
     if "size" in parts or "ffn" in parts:
         from pijax.bench import ffn_kernel, size_scaling
 
@@ -247,12 +260,61 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
             results["size"]["points"] += _small_points(results)
         if "ffn" in parts:
             results["ffn_layer"] = ffn_kernel.run(size_files.pwri, repeats=cfg.ffn_repeats, threads=cfg.threads)
+    _llamacpp_floor(results)
     results["load_average"]["end"] = _load_avg()
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     from pijax.bench import decode_report
 
     decode_report.write_all(results, out_dir)
     return results
+
+
+def _powerinfer(pwri: Path, cfg: BenchConfig) -> dict[str, Any] | str:
+    """A user-built PowerInfer main on an f16 copy of the PWRI file, `repeats` runs; or why it could not run."""
+    from pijax.bench import powerinfer
+    from pijax.io.convert import convert_gguf
+
+    f16 = pwri.with_name(pwri.stem + ".f16.gguf")
+    runs = []
+    try:
+        if not f16.is_file():
+            convert_gguf(pwri, f16, "f16")
+        for _ in range(cfg.repeats):
+            t = powerinfer.run_once(
+                cfg.powerinfer_bin, f16, threads=cfg.threads, n_new=cfg.n_new, extra=cfg.powerinfer_args
+            )
+            runs.append(dataclasses.asdict(t) | {"decode_tok_s": t.decode_tok_s, "prefill_tok_s": t.prefill_tok_s})
+    except PijaxError as e:
+        print(f"PowerInfer: {e}", flush=True)
+        return str(e)
+    dec = [r["decode_tok_s"] for r in runs]
+    return {"runs": runs, "decode_tok_s": spread(dec), "prefill_tok_s": spread([r["prefill_tok_s"] for r in runs])}
+
+
+def _llamacpp_floor(results: dict[str, Any]) -> None:
+    """llama.cpp's effective read rate (its f32 decode tok/s x the bytes of the same dense f32 step), recorded, and
+    used as the floor of every repeat's bandwidth: the bound is the higher of the probe and llama.cpp's rate."""
+    dense = results.get("pijax_dense_f32_kernel") or results.get("pijax_dense_f32_xla")
+    l32 = results.get("llamacpp_f32")
+    if not dense or not l32 or "bound_bytes" not in dense:
+        return
+    floor = l32["decode_tok_s"]["median"] * dense["bound_bytes"]
+    results["llamacpp_f32_effective_GBps"] = floor / 1e9
+    for key, res in results.items():
+        if isinstance(res, dict) and "bandwidth_runs" in res and "bound_bytes" in res:
+            raise_bound(res, floor)
+        if key.startswith("sweep_"):
+            for row in res:
+                raise_bound(row, floor)
+
+
+def _all_xla(llama: Llama, prompt: list[int], cfg: BenchConfig, probe: BandwidthProbe) -> dict[str, Any]:
+    """The dense f32 model with every product in XLA (no kernel route: what runs on an accelerator)."""
+    old = ops.set_f32_kernel(False)
+    try:
+        return measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax dense f32 (all XLA)")
+    finally:
+        ops.set_f32_kernel(old)
 
 
 def _small_points(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -298,7 +360,13 @@ def sweep(
                 by = step_bytes(wb | {"predictors": 0}, kv_bytes(llama, r["n_cache"]), None, None)
             else:
                 s2 = selection_stats(llama, np.asarray(prompt + r["new_ids"][:-1]))
-                by = step_bytes(wb, kv_bytes(llama, r["n_cache"]), s2["selected_per_layer"], s2["live_per_layer"])
+                timed = r.get("timed_selected_per_layer", s2["selected_per_layer"])
+                live = [
+                    lv * t / max(s, 1e-9)
+                    for lv, t, s in zip(s2["live_per_layer"], timed, s2["selected_per_layer"], strict=True)
+                ]
+                s2["selected_fraction"] = float(np.mean(timed) / llama.cfg.n_ff)
+                by = step_bytes(wb, kv_bytes(llama, r["n_cache"]), timed, live)
             r = with_bound(r, by)
             rows.append({"fraction": frac, "skip_inactive": skip, "selected_fraction": s2["selected_fraction"]} | r)
             _report(r)
@@ -314,24 +382,47 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parts", default=",".join(BenchConfig().parts))
     ap.add_argument("--repeats", type=int, default=BenchConfig().repeats)
     ap.add_argument("--n-new", type=int, default=BenchConfig().n_new)
-    ap.add_argument("--n-prompt", type=int, default=BenchConfig().n_prompt)
+    ap.add_argument("--n-prompt", type=int, default=None, help="default: 128 (synthetic), 64 (--model)")
     ap.add_argument("--preset", default=BenchConfig().preset)
     ap.add_argument("--budgets", default=",".join(BenchConfig().hybrid_budgets), help="hybrid budgets, ffn:X%%")
     ap.add_argument("--policy", default=BenchConfig().hybrid_policy, help="index policy of the hybrid rows")
     ap.add_argument("--hardware", default="auto", choices=("auto", "cpu", "gpu"), help="accelerators of the hybrid")
     ap.add_argument("--out", type=Path, default=Path("experiments/bench"))
+    ap.add_argument("--model", default="", help="a real model (registry name or GGUF): its targets, paired run by run")
+    ap.add_argument("--targets", default="R1", help="with --model: which of R1,R2,R3 (pijax.bench.decode_real)")
+    ap.add_argument("--powerinfer-bin", default="", help="a user-built PowerInfer main, timed on the same files")
+    ap.add_argument("--powerinfer-args", default="", help="extra arguments for PowerInfer's main (space-separated)")
     a = ap.parse_args(argv)
     from pijax.layout.config import HardwareConfig
 
+    if a.model:
+        from pijax.bench.decode_real import RealBenchConfig, run_real
+
+        try:
+            rc = RealBenchConfig(
+                model=a.model,
+                targets=tuple(a.targets.split(",")),
+                n_prompt=a.n_prompt or RealBenchConfig().n_prompt,
+                n_new=a.n_new,
+                repeats=a.repeats,
+                powerinfer_bin=a.powerinfer_bin,
+                powerinfer_args=tuple(a.powerinfer_args.split()),
+            )
+            run_real(rc, a.out)
+        except PijaxError as e:
+            raise SystemExit(f"pijax: error: {e}") from None
+        return
     try:
         cfg = BenchConfig(
             preset=a.preset,
             parts=tuple(a.parts.split(",")),
             repeats=a.repeats,
             n_new=a.n_new,
-            n_prompt=a.n_prompt,
+            n_prompt=a.n_prompt or BenchConfig().n_prompt,
             hybrid_budgets=tuple(a.budgets.split(",")),
             hybrid_policy=a.policy,
+            powerinfer_bin=a.powerinfer_bin,
+            powerinfer_args=tuple(a.powerinfer_args.split()),
         )
         run_bench(cfg, a.out, HardwareConfig(platform=a.hardware))
     except PijaxError as e:

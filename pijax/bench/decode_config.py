@@ -23,6 +23,7 @@ BENCH_PARTS = (
     "ffn",
     "profile",
 )
+T1_ENGINES = ("pijax_dense_f32_kernel", "pijax_dense_f32_xla")
 HYBRID_BUDGETS = ("ffn:0%", "ffn:20%", "ffn:50%", "ffn:80%", "ffn:100%")
 
 
@@ -40,10 +41,15 @@ class BenchConfig:
     threads: llama.cpp's n_threads and the kernels' thread count (XLA:CPU uses every core it is given).
     n_prompt / n_new: prompt length (prefill, one batch) and decoded tokens per repeat; `repeats` timed repeats
       after one warm-up, medians reported with min and max. Sweeps use `sweep_new` tokens per repeat.
-    lowp_formats: low-precision weight formats tried for target 3 (the best is reported).
+    lowp_formats: low-precision weight formats measured (target 3 reports `t3_format`).
     sweep_fractions: predicted-active fractions for the scaling plot, per format in `sweep_formats`.
     probe_gb: size of the read-bandwidth probe's array; it must exceed the L3 cache (480 MB on this machine).
     out_dir: results (JSON, CSV, PNG, targets.md); "" means experiments/bench (smoke: always the run folder).
+    t1_engine / t3_format / t4_case: the engine, format and FFN-layer case each target reports, fixed before the
+      run (the report never picks the faster of two after it): T1 dense decode and prefill, T3's low-precision
+      sparse format, T4's sparse case (`pijax.bench.ffn_kernel` names; the rows-alone case is printed beside it).
+    powerinfer_bin / powerinfer_args: a user-built PowerInfer `main` (and extra arguments), timed `repeats` times on
+      an f16 copy of the PWRI file (PowerInfer's CPU path reads ffn_down_t as f16); "" skips it.
     """
 
     preset: str = "tinyllama-1.1b"
@@ -65,8 +71,17 @@ class BenchConfig:
     hybrid_policy: str = "powerinfer"
     hybrid_profile_tokens: int = 4096
     out_dir: str = ""
+    t1_engine: str = "pijax_dense_f32_kernel"
+    t3_format: str = "int8"
+    t4_case: str = "sparse f32 (int8 predictor)"
+    powerinfer_bin: str = ""
+    powerinfer_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.t1_engine not in T1_ENGINES:
+            raise ConfigError(f"bench.t1_engine must be one of {T1_ENGINES}, got {self.t1_engine!r}")
+        if self.t3_format not in self.lowp_formats:
+            raise ConfigError(f"bench.t3_format {self.t3_format!r} is not among lowp_formats {self.lowp_formats}")
         bad = sorted(set(self.parts) - set(BENCH_PARTS))
         if bad:
             raise ConfigError(f"bench.parts {bad} are not among {BENCH_PARTS}")

@@ -32,11 +32,49 @@ def spread(xs: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
+class CountingEngine(Engine):
+    """The Engine, whose decode steps also hand each layer's selected-neuron count (the kernel's own per-token
+    count) to the host, so that the bytes of a bound come from the timed steps themselves. Every block's FFN must
+    run on the kernels backend (`pijax.model.ffn.FFN`). `counts`: one [n_layer] array per decode step since the last `counts.clear()`."""
+
+    def __init__(self, module: Llama):
+        if not all(b.ffn.backend == "kernels" for b in module.layers):
+            raise TypeError("CountingEngine needs every FFN on the kernels backend")
+        super().__init__(module)
+        self.counts: list[np.ndarray] = []
+
+    def _decode_fn(
+        self, sampling: SamplingConfig, leaves: Any, cache: Any, token_b: jax.Array, pos: jax.Array, key: jax.Array
+    ) -> Any:
+        from pijax.model.generate import sample_logits
+
+        model = self._model(leaves)
+        cos, sin = model._angles(token_b.shape[0], 1, pos)
+        x = model.embed(token_b[:, None])
+        new_cache, sel = [], []
+        for block, layer_cache in zip(model.layers, cache, strict=True):
+            h, layer_cache = block.attend(x, cos, sin, layer_cache, pos)
+            y, n_sel = block.ffn.selected(block.ffn_norm(h), h)
+            x = h + y
+            new_cache.append(layer_cache)
+            sel.append(n_sel.reshape(-1)[0])
+        logits = model.head(model.output_norm(x))[:, 0]
+        jax.debug.callback(lambda n: self.counts.append(np.asarray(n)), jnp.stack(sel))
+        return sample_logits(logits, jax.random.fold_in(key, pos + 1), sampling), logits, new_cache, pos + 1
+
+
 def measure_pijax(
     llama: Llama, prompt: Sequence[int], n_new: int, repeats: int, probe: BandwidthProbe | None, label: str
 ) -> dict[str, Any]:
-    """Prefill and decode tok/s of the Engine over `llama` (see `measure_engine`)."""
-    return measure_engine(Engine(llama), prompt, n_new, repeats, probe, label)
+    """Prefill and decode tok/s of the Engine over `llama` (see `measure_engine`); for a predictor-gated model the
+    result also holds `timed_selected_per_layer`, the mean selected neurons per layer over the timed steps."""
+    sparse = all(b.ffn.backend == "kernels" and b.ffn.selector.mode != "dense" for b in llama.layers)
+    engine = CountingEngine(llama) if sparse else Engine(llama)
+    res = measure_engine(engine, prompt, n_new, repeats, probe, label)
+    if sparse and engine.counts:
+        res["timed_selected_per_layer"] = np.mean(np.stack(engine.counts), axis=0).tolist()
+        res["timed_steps_counted"] = len(engine.counts)
+    return res
 
 
 def measure_engine(
@@ -47,6 +85,9 @@ def measure_engine(
     most 3 x repeats tries, after which every try counts and the result says `contended`). The read bandwidth is
     measured right before each."""
     out = engine.generate(prompt, n_new, GREEDY)  # compile, page everything in
+    jax.effects_barrier()
+    if hasattr(engine, "counts"):
+        engine.counts.clear()  # from here on: the timed steps only
     pre, dec, bw, foreign, ids = [], [], [], [], out.new_ids
     bar = tqdm(total=repeats, desc=label, leave=False)
     while not enough(foreign, repeats):
@@ -59,6 +100,7 @@ def measure_engine(
         dec.append(out.decode_steps / out.decode_s)
         bar.update(1)
     bar.close()
+    jax.effects_barrier()
     gc.collect()
     keep = clean_mask(foreign, repeats)
     kept = [i for i, k in enumerate(keep) if k]
@@ -83,6 +125,17 @@ def with_bound(res: dict[str, Any], bytes_: dict[str, int]) -> dict[str, Any]:
             res[f"share_of_{key.removesuffix('_bytes')}_bound"] = spread(shares)
         res["bound_tok_s"] = res["bandwidth_GBps"]["median"] * 1e9 / bytes_["bound_bytes"]
     return res
+
+
+def raise_bound(res: dict[str, Any], floor_bps: float) -> dict[str, Any]:
+    """The shares of `with_bound` again, with each repeat's bandwidth at least `floor_bps` (llama.cpp's own
+    effective rate: the bound is the higher of the probe and what llama.cpp sustains)."""
+    if "bandwidth_runs" not in res or "bound_bytes" not in res or floor_bps <= 0:
+        return res
+    res["bandwidth_runs_probe"] = res["bandwidth_runs"]
+    res["bandwidth_runs"] = [max(b, floor_bps) for b in res["bandwidth_runs"]]
+    res["bandwidth_GBps"] = spread([b / 1e9 for b in res["bandwidth_runs"]])
+    return with_bound(res, {k: res[k] for k in ("bound_bytes", "touched_bytes")})
 
 
 def time_fn(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> dict[str, float]:

@@ -72,9 +72,10 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 class BandwidthProbe:
-    """Read bandwidth over one large f32 array, the fastest of three readers: a jitted XLA sum and an XLA
-    matrix-vector product over it viewed as [N/2048, 2048] (both threads, as decode uses), and numpy's
-    single-thread sum (the steadier one when another process holds a core)."""
+    """Read bandwidth over one large f32 array, the fastest of four readers: a jitted XLA sum and an XLA
+    matrix-vector product over it viewed as [N/2048, 2048] (both threads, as decode uses), numpy's single-thread
+    sum (the steadier one when another process holds a core), and the kernel library's multi-threaded streaming
+    read of a buffer of the same size (`pijax.kernels.bandwidth`; best of the passes, as llama.cpp's rate is)."""
 
     ROW = 2048
 
@@ -95,6 +96,13 @@ class BandwidthProbe:
             for name, fn in self._readers.items()
         }
         out["numpy_sum"] = self.host.nbytes / _median_time(self.host.sum, repeats)
+        from pijax.kernels.bandwidth import read_bandwidth
+
+        # The kernel library's streaming read (its own thread pool, huge pages): the XLA readers alone stayed
+        # below what llama.cpp sustains (issue 14), which inflated every share of the bound.
+        k = read_bandwidth(self.arr.nbytes / 1e9, repeats=repeats)
+        if k is not None:
+            out["kernel_stream"] = k.gbps * 1e9
         return out
 
     def measure(self, repeats: int = 5) -> float:

@@ -6,7 +6,7 @@ selects ~10% of the neurons on real inputs, computed here for a sequence of rand
 attention (numpy, llama.cpp conventions). Every timed call takes the next token's input, and a 1.2 GB buffer is
 read between calls so that the weights come from DRAM as they do in a decode step (this machine's L3 is large
 enough to hold a whole f32 layer). The predictor threshold is set to select `active` (10%) of the neurons over
-these inputs. Cases per format: dense (every neuron through the kernel; for f32 also XLA's DenseFFN), sparse
+these inputs. Cases per format: dense (every neuron through the kernel; for f32 also the XLA dense FFN), sparse
 (the predictor in the same format + selection + rows, as in decoding), rows (selection + rows, given the
 predictor's logits: the FFN alone) and, for f32/f16, sparse with the predictor alone stored in int8 (its
 selection's overlap with the f32 predictor's is reported). `python -m pijax.bench.ffn_kernel`.
@@ -117,7 +117,7 @@ def run(
                 gate = jnp.einsum("nd,fd->nf", x, w["ffn_gate"])
                 return down_project(ffn_activation(gate, up, "relu")[None], w["ffn_down_t"])[0]
 
-            fns["dense f32 (XLA DenseFFN)"] = (jax.jit(xla_dense), "x")
+            fns["dense f32 (XLA FFN)"] = (jax.jit(xla_dense), "x")
         for name, (fn, kind) in fns.items():
             args = {
                 "x": lambda i: (xs[i],),
@@ -146,7 +146,7 @@ def run(
     overlap = float(np.mean((sel32 & sel8).sum(1) / np.maximum((sel32 | sel8).sum(1), 1)))
     speedups = []
     for fmt in formats:
-        dense_names = [f"dense {fmt}"] + (["dense f32 (XLA DenseFFN)"] if fmt == "f32" else [])
+        dense_names = [f"dense {fmt}"] + (["dense f32 (XLA FFN)"] if fmt == "f32" else [])
         best_dense = min(dense_names, key=lambda n: cases[n]["median"])
         for sparse_name in [n for n in cases if n.split(" ")[:2] in (["sparse", fmt], ["rows", fmt])]:
             d, s = cases[best_dense], cases[sparse_name]

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <sched.h>
@@ -404,3 +405,7 @@ int pijax_hugepages(void* p, size_t n) {
   return madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_COLLAPSE) == 0 ? 0 : 1;
 }
 }
+
+#include "cpu_bandwidth.inc"
+
+#include "cpu_fused.inc"

@@ -1,6 +1,7 @@
 """The two kernel operations, each with its C++ path (jax.ffi, few tokens) and its pure-JAX reference.
 
-- `linear(x, w)`: x [..., D] times the rows of w [N, D] -> [..., N], for any weight format.
+- `linear(x, w)`: x [..., D] times the rows of w [N, D] -> [..., N], for any weight format; `linear3`: three
+  of them on the same x (attention's q, k, v) in one kernel call.
 - `sparse_ffn(x, logits, up, gate, down_t, ...)`: per token, the neurons whose predictor logit >= threshold
   (at most `capacity`, the top-scoring, as `pijax.kernels.reference.select_rows`), or every neuron when
   `logits` is None, through act(gate, up) and the down projection: y [M, D], and how many neurons each token
@@ -66,6 +67,12 @@ def _f32_via_kernel(w: jax.Array, f32_kernel: bool | None) -> bool:
     return choice
 
 
+def dense_kernel_ok(n_tokens: int, w: Weight) -> bool:
+    """Whether a dense product over `w` for n_tokens tokens takes the C++ kernel (f32: as `set_f32_kernel` says)."""
+    is_f32 = not isinstance(w, QuantRows) and w.dtype == jnp.float32
+    return kernel_ok(n_tokens) and (not is_f32 or _f32_via_kernel(w, None))
+
+
 def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kernel: bool | None = None) -> jax.Array:
     """x [..., D] @ w[N, D]^T -> [..., N] in f32 (x's dtype for f32 weights on the XLA path)."""
     lead = x.shape[:-1]
@@ -79,6 +86,28 @@ def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kerne
         x.reshape(m, x.shape[-1]).astype(jnp.float32), data, scale
     )
     return y.reshape(*lead, n)
+
+
+def linear3(x: jax.Array, w0: Weight, w1: Weight, w2: Weight) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(linear(x, w0), linear(x, w1), linear(x, w2)); in ONE kernel call when all three are f32/f16/bf16 arrays of
+    one dtype that the kernel takes (f32: the three together at least F32_KERNEL_MIN_ELEMENTS, as `linear`
+    decides for one matrix). The results are those of three `linear` calls on the kernel."""
+    ws = (w0, w1, w2)
+    lead = x.shape[:-1]
+    m = int(np.prod(lead)) if lead else 1
+    plain = all(not isinstance(w, QuantRows) and w.dtype == w0.dtype for w in ws)
+    if not plain or w0.dtype not in (jnp.float32, jnp.float16, jnp.bfloat16) or not kernel_ok(m):
+        return linear(x, w0), linear(x, w1), linear(x, w2)
+    if w0.dtype == jnp.float32:
+        choice = _f32_kernel
+        total = sum(w.size for w in ws)
+        if not (choice if choice is not None else total >= F32_KERNEL_MIN_ELEMENTS and jax.device_count() == 1):
+            return linear(x, w0), linear(x, w1), linear(x, w2)
+    shapes = tuple(jax.ShapeDtypeStruct((m, w.shape[0]), jnp.float32) for w in ws)
+    ys = jax.ffi.ffi_call("pijax_rows_dot3", shapes, vmap_method="sequential")(
+        x.reshape(m, x.shape[-1]).astype(jnp.float32), *ws
+    )
+    return tuple(y.reshape(*lead, w.shape[0]) for y, w in zip(ys, ws, strict=True))  # type: ignore[return-value]
 
 
 def sparse_ffn(

@@ -26,7 +26,7 @@ from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import ConfigError
 from pijax.io.weights import LayerWeights
 from pijax.kernels.formats import Weight, WeightFormat, dequantize, to_format
-from pijax.kernels.ops import linear
+from pijax.kernels.ops import dense_kernel_ok, linear
 from pijax.kernels.reference import rows_activation
 from pijax.model.layers import param
 from pijax.model.predictor import Predictor
@@ -130,15 +130,15 @@ class FFN(nnx.Module):
         if self.selector.mode == "predictor":
             logits = self.predictor_logits(ffn_in_btd).reshape(b * t, self.n_ff)
         gate = None if self.w_gate_fd is None else self.w_gate_fd[...]
+        up = self.w_up_fd[...]
+        backend = self.backend
+        if backend == "xla" and self.selector.mode == "dense" and t == 1 and dense_kernel_ok(b, up):
+            # Dense decode on a CPU (a training batch is never one position): one kernel call reads each neuron's
+            # gate and up rows in one pass and adds its down_t row; three XLA dots beside the kernels' other calls
+            # would run on a second thread pool (NOTES, issue 7).
+            backend = "kernels"
         y, n_sel = block_ffn(
-            h_btd.reshape(b * t, d),
-            logits,
-            self.w_up_fd[...],
-            gate,
-            self.w_down_fd[...],
-            self.kind,
-            self.selector,
-            self.backend,
+            h_btd.reshape(b * t, d), logits, up, gate, self.w_down_fd[...], self.kind, self.selector, backend
         )
         return y.reshape(b, t, d), None if n_sel is None else n_sel.reshape(b, t)
 

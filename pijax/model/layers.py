@@ -8,8 +8,10 @@ RoPE follows llama.cpp's mode 0 (the one it uses for LLaMA GGUF files, whose q/k
 interleaved order): within a head, dims (2i, 2i+1) are rotated together by angle pos * base^(-2i/rope_dim) for
 2i < rope_dim; dims past rope_dim pass through. Query head h reads kv head h // G, as ggml's broadcast does.
 
-The KV cache is a plain pytree: a list with one dict(k=[B, S, K, E], v=[B, S, K, E]) per layer, updated with
-`dynamic_update_slice` so that a jitted step that donates it updates it in place.
+The KV cache is a plain pytree: a list with one dict(k=[B, K, S, E], v=[B, K, S, E]) per layer, updated with
+`dynamic_update_slice` so that a jitted step that donates it updates it in place. It is head-major so that decode
+attention reads each head's positions as contiguous rows: with [B, S, K, E] XLA:CPU copied both caches of every
+layer into a transposed layout on every step (60 copies per token on SmolLM2).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from flax import nnx
 
 from pijax.config import ModelConfig
 from pijax.io.weights import LayerWeights
-from pijax.kernels.ops import linear  # f32: the plain einsum; f16/bf16/int8 weights: pijax.kernels
+from pijax.kernels.ops import linear, linear3  # f32: the plain einsum or a kernel; other formats: the kernels
 
 LayerCache = dict[str, jax.Array]
 KVCache = list[LayerCache]
@@ -80,8 +82,16 @@ def apply_rope(x_bthe: jax.Array, cos_bti: jax.Array, sin_bti: jax.Array) -> jax
 
 def init_cache(cfg: ModelConfig, batch: int, n_ctx: int, dtype: jnp.dtype = jnp.float32) -> KVCache:
     """An all-zero KV cache for `n_ctx` positions (at most cfg.n_ctx)."""
-    shape = (batch, n_ctx, cfg.n_head_kv, cfg.head_dim)
+    shape = (batch, cfg.n_head_kv, n_ctx, cfg.head_dim)
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layer)]
+
+
+def _cache_write(cache_bkse: jax.Array, new_bkte: jax.Array, pos: jax.Array | int) -> jax.Array:
+    """The cache with positions pos.. overwritten by the new ones."""
+    zero = jnp.zeros((), jnp.int32)
+    return jax.lax.dynamic_update_slice(
+        cache_bkse, new_bkte.astype(cache_bkse.dtype), (zero, zero, jnp.asarray(pos, jnp.int32), zero)
+    )
 
 
 class Attention(nnx.Module):
@@ -119,34 +129,30 @@ class Attention(nnx.Module):
         b, t, _ = x_btd.shape
         g = self.n_head // self.n_head_kv
         h, kv, e = self.n_head, self.n_head_kv, self.head_dim
-        q = linear(x_btd, self.w_q_nd[...]).reshape(b, t, h, e)
-        k = linear(x_btd, self.w_k_nd[...]).reshape(b, t, kv, e)
-        v = linear(x_btd, self.w_v_nd[...]).reshape(b, t, kv, e)
+        q, k, v = linear3(x_btd, self.w_q_nd[...], self.w_k_nd[...], self.w_v_nd[...])
+        q, k, v = q.reshape(b, t, h, e), k.reshape(b, t, kv, e), v.reshape(b, t, kv, e)
         q, k = apply_rope(q, cos_bti, sin_bti), apply_rope(k, cos_bti, sin_bti)
         q_pos = jnp.arange(t) + pos
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, E]: the new positions only
         if cache is not None:
-            zero = jnp.zeros((), jnp.int32)
-            start = (zero, jnp.asarray(pos, jnp.int32), zero, zero)
-            cache = {
-                "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-                "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start),
-            }
-            k, v = cache["k"], cache["v"]
-            k_pos = jnp.arange(k.shape[1])
+            k, v = _cache_write(cache["k"], k, pos), _cache_write(cache["v"], v, pos)
+            cache = {"k": k, "v": v}
+            k_pos = jnp.arange(k.shape[2])
         else:
             k_pos = jnp.arange(t) + pos
         q = q.reshape(b, t, kv, g, e)
         scale = 1.0 / np.sqrt(e)
         if t == 1 and cache is not None:
-            # One query against the cache, as two batched matvecs over S. (A fused multiply-and-reduce over S
-            # was as fast for 4 KV heads but 3x slower for 32: experiments/bench/README.md.)
-            scores = jnp.einsum("bkge,bske->bkgs", q[:, 0], k) * scale
+            # One query against the head-major cache, as multiply-and-reduce fusions that read the updated cache
+            # where it lies. (As dots, XLA:CPU read the cache through a reshape that made it copy every donated
+            # cache buffer twice per step: an HLO with 240 copies on SmolLM2.)
+            scores = jnp.sum(q[:, 0, :, :, None, :] * k[:, :, None, :, :], axis=-1) * scale
             scores = jnp.where((k_pos <= q_pos[0])[None, None, None, :], scores, -jnp.inf)
             probs = jax.nn.softmax(scores, axis=-1)
-            out = jnp.einsum("bkgs,bske->bkge", probs, v).reshape(b, 1, h * e)
+            out = jnp.sum(probs[..., None] * v[:, :, None, :, :], axis=-2).reshape(b, 1, h * e)
         else:
-            scores = jnp.einsum("btkge,bske->bkgts", q, k) * scale
+            scores = jnp.einsum("btkge,bkse->bkgts", q, k) * scale
             scores = jnp.where(k_pos[None, :] <= q_pos[:, None], scores, -jnp.inf)
             probs = jax.nn.softmax(scores, axis=-1)
-            out = jnp.einsum("bkgts,bske->btkge", probs, v).reshape(b, t, h * e)
+            out = jnp.einsum("bkgts,bkse->btkge", probs, v).reshape(b, t, h * e)
         return linear(out, self.w_o_dn[...]), cache
