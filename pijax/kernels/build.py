@@ -23,8 +23,13 @@ from pathlib import Path
 import jax
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-INCLUDES = (SOURCE.with_name("cpu_pool.inc"), SOURCE.with_name("cpu_rows.inc"))
-TARGETS = {"pijax_rows_dot": "PijaxRowsDot", "pijax_sparse_ffn": "PijaxSparseFfn"}
+INCLUDES = (SOURCE.with_name("cpu_pool.inc"), SOURCE.with_name("cpu_rows.inc"), SOURCE.with_name("cpu_quant.inc"))
+TARGETS = {
+    "pijax_rows_dot": "PijaxRowsDot",
+    "pijax_sparse_ffn": "PijaxSparseFfn",
+    "pijax_qrows_dot": "PijaxQRowsDot",
+    "pijax_qsparse_ffn": "PijaxQSparseFfn",
+}
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
 
 
