@@ -109,9 +109,9 @@ def quantize_acts(x: jax.Array) -> jax.Array:
     """x [..., D] f32 as the kernels see it: per block of 32, q = round(x * 127 / amax) times the f16-rounded
     scale amax / 127 (llama.cpp's quantize_row_q8_0 / q8_1)."""
     xb = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, BLOCK)
-    d = jnp.max(jnp.abs(xb), axis=-1, keepdims=True) / 127.0
-    q = jnp.round(xb * jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 0.0))
-    return (q * d.astype(jnp.float16).astype(jnp.float32)).reshape(x.shape)
+    amax = jnp.max(jnp.abs(xb), axis=-1, keepdims=True)
+    q = jnp.round(xb * jnp.where(amax > 0, 127.0 / jnp.where(amax > 0, amax, 1.0), 0.0))
+    return (q * (amax / 127.0).astype(jnp.float16).astype(jnp.float32)).reshape(x.shape)
 
 
 def linear_reference(x: jax.Array, w: BlockRows) -> jax.Array:

@@ -36,6 +36,7 @@ from pijax.kernels import build
 from pijax.kernels.fast_ffn import KernelFFN
 from pijax.kernels.formats import WeightFormat, check_format, to_format
 from pijax.model.llama import Llama
+from pijax.model.load_blocks import block_ffn, block_matrix, is_block_load
 
 _ATTN = {"w_q_nd": "attn_q", "w_k_nd": "attn_k", "w_v_nd": "attn_v", "w_o_dn": "attn_output"}
 
@@ -93,9 +94,12 @@ def load_llama(
     weights with transparent huge pages (`pijax.kernels.build.use_hugepages`).
 
     `pred_threshold` defaults to the predictor file's `powerinfer.sparse_threshold` (else 0); `capacities`
-    (per layer) to no cap."""
-    check_format(fmt)
-    pfmt = check_format(predictor_fmt or fmt)
+    (per layer) to no cap. `fmt` "q8_0", "q4_0", "q4_1" or "native": llama.cpp's block formats, the file's
+    bytes kept where they already are one (`pijax.model.load_blocks`); predictors then default to int8."""
+    blocks = is_block_load(fmt)
+    if not blocks:
+        check_format(fmt)
+    pfmt = check_format(predictor_fmt or ("int8" if blocks else fmt))
     if xla_ffn and fmt != "f32":
         raise DataError(f"the XLA DenseFFN runs f32 weights, not {fmt}", path)
     use_predictors = use_predictors and not xla_ffn
@@ -122,15 +126,30 @@ def load_llama(
     llama = nnx.eval_shape(lambda: Llama(cfg, None, rngs=nnx.Rngs(0)))
     llama.token_embd_vd = nnx.Param(_stored(f, "token_embd.weight").astype(jnp.float32))
     llama.output_norm.weight = nnx.Param(_stored(f, "output_norm.weight").astype(jnp.float32))
+
+    def matrix(name: str) -> Any:
+        return block_matrix(f, name, fmt) if blocks else to_format(_stored(f, name), fmt)
+
     if llama.w_out_vd is not None:
-        llama.w_out_vd = nnx.Param(to_format(_stored(f, "output.weight"), fmt))
+        llama.w_out_vd = nnx.Param(matrix("output.weight"))
+    elif blocks:  # a tied head in its block format; the lookup keeps the f32 table
+        llama.w_out_vd = nnx.Param(matrix("token_embd.weight"))
     has_down_t = "blk.0.ffn_down_t.weight" in f.tensors
     for i, block in enumerate(tqdm(llama.layers, desc=f"load {fmt}", unit="layer", disable=not progress)):
         p = f"blk.{i}."
         block.attn_norm.weight = nnx.Param(_stored(f, p + "attn_norm.weight").astype(jnp.float32))
         block.ffn_norm.weight = nnx.Param(_stored(f, p + "ffn_norm.weight").astype(jnp.float32))
         for attr, tensor in _ATTN.items():
-            setattr(block.attn, attr, nnx.Param(to_format(_stored(f, p + tensor + ".weight"), fmt)))
+            setattr(block.attn, attr, nnx.Param(matrix(p + tensor + ".weight")))
+        kw: dict[str, Any] = {"skip_inactive": skip_inactive, "capacity": caps[i], "threshold": thr}
+        if has_pred:
+            kw |= {
+                "fc1": to_format(_stored(pf, p + "fc1.weight"), pfmt),
+                "fc2": to_format(_stored(pf, p + "fc2.weight"), pfmt),
+            }
+        if blocks:
+            block.ffn = block_ffn(f, p, cfg, fmt, kw if has_pred else None)
+            continue
         down = _stored(f, p + "ffn_down_t.weight") if has_down_t else _stored(f, p + "ffn_down.weight", True)
         gate = to_format(_stored(f, p + "ffn_gate.weight"), fmt) if p + "ffn_gate.weight" in f.tensors else None
         if xla_ffn:
@@ -138,12 +157,6 @@ def load_llama(
             block.ffn.w_gate_fd = None if gate is None else nnx.Param(gate)
             block.ffn.w_down_fd = nnx.Param(to_format(down, "f32"))
             continue
-        kw: dict[str, Any] = {"skip_inactive": skip_inactive, "capacity": caps[i], "threshold": thr}
-        if has_pred:
-            kw |= {
-                "fc1": to_format(_stored(pf, p + "fc1.weight"), pfmt),
-                "fc2": to_format(_stored(pf, p + "fc2.weight"), pfmt),
-            }
         up = to_format(_stored(f, p + "ffn_up.weight"), fmt)
         block.ffn = KernelFFN(cfg, up, gate, to_format(down, fmt), **kw)
     if hugepages:
