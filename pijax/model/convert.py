@@ -133,7 +133,7 @@ def load_llama(
     if llama.w_out_vd is not None:
         llama.w_out_vd = nnx.Param(matrix("output.weight"))
     elif blocks:  # a tied head in its block format; the lookup keeps the f32 table
-        llama.w_out_vd = nnx.Param(matrix("token_embd.weight"))
+        llama.w_out_vd = nnx.data(nnx.Param(matrix("token_embd.weight")))
     has_down_t = "blk.0.ffn_down_t.weight" in f.tensors
     for i, block in enumerate(tqdm(llama.layers, desc=f"load {fmt}", unit="layer", disable=not progress)):
         p = f"blk.{i}."
