@@ -15,9 +15,9 @@ from pijax.io.checkpoint import Checkpoint, load_checkpoint
 from pijax.io.vocab import AnyTokenizer, load_tokenizer
 from pijax.kernels.formats import WeightFormat, check_format
 from pijax.model.convert import load_llama
-from pijax.model.load_blocks import is_block_load
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
+from pijax.model.load_blocks import is_block_load
 from pijax.paths import STORIES260K
 from pijax.validate import (
     GenerateArgs,

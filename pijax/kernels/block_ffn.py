@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pijax.config import FfnActivation, ModelConfig
-from pijax.kernels.blocks import BlockRows, quantize_acts
-from pijax.kernels.formats import Weight, dequantize
+from pijax.kernels.blocks import BlockRows, linear_reference
+from pijax.kernels.formats import Weight
 from pijax.kernels.ops import linear
 from pijax.kernels.reference import ffn_activation
 
@@ -41,7 +41,7 @@ class BlockFFN(nnx.Module):
 
     def activations(self, h_btd: jax.Array) -> jax.Array:
         """The per-neuron outputs [B, T, F] (the XLA reference's products, for profiling)."""
-        return self._act(jnp.einsum("btd,nd->btn", quantize_acts(h_btd), dequantize(self.w_gate_up[...])))
+        return self._act(linear_reference(h_btd, self.w_gate_up[...]))
 
     def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:
         del ffn_in_btd  # no predictor

@@ -75,8 +75,8 @@ def _f16(b: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(b, jnp.float16).astype(jnp.float32)
 
 
-def dequantize_blocks(blocks: jax.Array, kind: str) -> jax.Array:
-    """[N, D/32 * bytes] uint8 -> [N, D] f32."""
+def dequantize_blocks(blocks: jax.Array, kind: str, *, with_min: bool = True) -> jax.Array:
+    """[N, D/32 * bytes] uint8 -> [N, D] f32 (`with_min=False`: Q4_1 without its per-block min m)."""
     size = BLOCK_FORMATS[kind][0]
     n = blocks.shape[0]
     b = blocks.reshape(n, -1, size)
@@ -86,8 +86,14 @@ def dequantize_blocks(blocks: jax.Array, kind: str) -> jax.Array:
     else:
         qs = b[..., 4:] if kind == "q4_1" else b[..., 2:]
         q = jnp.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(jnp.float32)
-        w = d * q + _f16(b[..., 2:4])[..., None] if kind == "q4_1" else d * (q - 8.0)
+        offset = -8.0 * d if kind == "q4_0" else (_f16(b[..., 2:4])[..., None] if with_min else 0.0)
+        w = d * q + offset
     return w.reshape(n, -1)
+
+
+def block_mins(blocks: jax.Array) -> jax.Array:
+    """The per-block mins m of Q4_1 rows: [N, D/32] f32."""
+    return _f16(blocks.reshape(blocks.shape[0], -1, BLOCK_FORMATS["q4_1"][0])[..., 2:4])
 
 
 def check_block_format(kind: str) -> str:
@@ -105,15 +111,28 @@ def quantize_blocks(w_nd: np.ndarray | jax.Array, kind: str) -> BlockRows:
     return BlockRows(jnp.asarray(gguf.quants.quantize(w, BLOCK_FORMATS[kind][1])), kind)
 
 
-def quantize_acts(x: jax.Array) -> jax.Array:
-    """x [..., D] f32 as the kernels see it: per block of 32, q = round(x * 127 / amax) times the f16-rounded
-    scale amax / 127 (llama.cpp's quantize_row_q8_0 / q8_1)."""
+def _acts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [..., D] quantized as the kernels do: (the dequantized 8-bit values [..., D], the f16-rounded block sums
+    s = scale * sum(q) [..., D/32] that meet Q4_1's mins)."""
     xb = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, BLOCK)
     amax = jnp.max(jnp.abs(xb), axis=-1, keepdims=True)
     q = jnp.round(xb * jnp.where(amax > 0, 127.0 / jnp.where(amax > 0, amax, 1.0), 0.0))
-    return (q * (amax / 127.0).astype(jnp.float16).astype(jnp.float32)).reshape(x.shape)
+    d = amax / 127.0
+    s = (d[..., 0] * q.sum(-1)).astype(jnp.float16).astype(jnp.float32)
+    return (q * d.astype(jnp.float16).astype(jnp.float32)).reshape(x.shape), s
+
+
+def quantize_acts(x: jax.Array) -> jax.Array:
+    """x [..., D] f32 as the kernels see it: per block of 32, q = round(x * 127 / amax) times the f16-rounded
+    scale amax / 127 (llama.cpp's quantize_row_q8_0 / q8_1)."""
+    return _acts(x)[0]
 
 
 def linear_reference(x: jax.Array, w: BlockRows) -> jax.Array:
-    """x [..., D] @ w^T with x quantized as the kernel does: [..., N] f32."""
-    return jnp.einsum("...d,nd->...n", quantize_acts(x), w.dequantize())
+    """x [..., D] @ w^T with x quantized as the kernel does: [..., N] f32. For Q4_1 the mins meet the f16 block
+    sums of the input, as in llama.cpp's q4_1 x q8_1 dot."""
+    xq, s = _acts(x)
+    if w.kind != "q4_1":
+        return jnp.einsum("...d,nd->...n", xq, w.dequantize())
+    scaled = dequantize_blocks(w.blocks, w.kind, with_min=False)
+    return jnp.einsum("...d,nd->...n", xq, scaled) + jnp.einsum("...b,nb->...n", s, block_mins(w.blocks))

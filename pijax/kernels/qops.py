@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pijax.config import FfnActivation
-from pijax.kernels.blocks import KIND_CODES, BlockRows, linear_reference, quantize_acts
-from pijax.kernels.reference import down_project, keep_mask, rows_activation
+from pijax.kernels.blocks import KIND_CODES, BlockRows, linear_reference
+from pijax.kernels.reference import down_project, ffn_activation, keep_mask
 
 _ACT_CODES = {"silu": 0, "relu": 1, "drelu": 2}
 
@@ -93,8 +93,8 @@ def block_sparse_ffn_reference(
     down projection in f32."""
     m, _ = x_md.shape
     n_ff = up.shape[0]
-    xq = quantize_acts(x_md.astype(jnp.float32))
-    act = rows_activation(xq, up.dequantize(), None if gate is None else gate.dequantize(), kind)
+    x = x_md.astype(jnp.float32)
+    act = ffn_activation(None if gate is None else linear_reference(x, gate), linear_reference(x, up), kind)
     if logits_mf is None:
         keep = jnp.ones((m, n_ff), jnp.bool_)
     else:
