@@ -7,7 +7,9 @@
   converted as it arrives, so peak memory is the converted model plus one matrix: never a second copy of a
   multi-GB model (`pijax.api.load_model` keeps the numpy checkpoint next to the module). Predictors may come from
   another file (a PowerInfer-style GGUF of the same weights).
-The token embedding and the norms stay f32 (one embedding row is read per token).
+The token embedding and the norms stay f32 (one embedding row is read per token). With `fmt` "q8_0", "q4_0",
+"q4_1" or "native" the matrices are llama.cpp's blocks, read from the file as they are where they already are
+one (`pijax.model.load_blocks` says which tensor gets what).
 """
 
 from __future__ import annotations
