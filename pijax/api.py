@@ -17,6 +17,7 @@ from pijax.kernels.formats import WeightFormat, check_format
 from pijax.model.convert import load_llama
 from pijax.model.generate import Engine, SamplingConfig
 from pijax.model.llama import Llama
+from pijax.model.load_blocks import is_block_load
 from pijax.paths import STORIES260K
 from pijax.validate import (
     GenerateArgs,
@@ -173,12 +174,14 @@ def load_model(
 
     Any tensor type pijax reads (see `pijax.io.gguf.DEQUANTIZABLE`) is dequantized as it is read, one tensor at
     a time. `dtype` is how the matrices are kept: "f32" (default; pijax's plain XLA model, for parity), or "f16",
-    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.model.convert`)."""
+    "bf16", "int8" (pijax's int8 rows), computed in f32 on pijax's CPU kernels (`pijax.model.convert`), or
+    llama.cpp's block formats "q8_0", "q4_0", "q4_1", or "native" (each matrix in the file's own block type),
+    computed as llama.cpp does, with 8-bit inputs (`pijax.model.load_blocks`)."""
     path = ModelSpec(path=check_model_source(path), ffn_act=ffn_act).resolved_path()
     ckpt = load_checkpoint(path, ffn_act=ffn_act, lazy=True)
     ckpt.config.check_shape(path)
     tokenizer = load_tokenizer(ckpt.metadata, path)
-    fmt = check_format(dtype)
+    fmt = dtype if is_block_load(dtype) else check_format(dtype)
     module = load_llama(
         path, fmt, ffn_act=ckpt.config.ffn_act, use_predictors=False, xla_ffn=fmt == "f32", progress=False
     )

@@ -23,8 +23,16 @@ from pathlib import Path
 import jax
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-INCLUDES = tuple(SOURCE.with_name(n) for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_bandwidth.inc", "cpu_fused.inc"))
-TARGETS = {"pijax_rows_dot": "PijaxRowsDot", "pijax_sparse_ffn": "PijaxSparseFfn", "pijax_rows_dot3": "PijaxRowsDot3"}
+INCLUDES = tuple(
+    SOURCE.with_name(n) for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_quant.inc", "cpu_bandwidth.inc", "cpu_fused.inc")
+)
+TARGETS = {
+    "pijax_rows_dot": "PijaxRowsDot",
+    "pijax_sparse_ffn": "PijaxSparseFfn",
+    "pijax_rows_dot3": "PijaxRowsDot3",
+    "pijax_qrows_dot": "PijaxQRowsDot",
+    "pijax_qsparse_ffn": "PijaxQSparseFfn",
+}
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
 
 

@@ -376,6 +376,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PijaxSparseFfn, SparseFfnImpl,
                                   .Attr<int32_t>("dense")
                                   .Attr<int32_t>("skip"));
 
+#include "cpu_quant.inc"
+
 extern "C" {
 // Threads the kernels use (the caller included); returns the count in effect.
 int pijax_set_threads(int n) {

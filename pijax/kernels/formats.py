@@ -1,4 +1,5 @@
-"""Weight storage formats for CPU decoding: f32, f16, bf16, and int8 rows with one f32 scale per row.
+"""Weight storage formats for CPU decoding: f32, f16, bf16, int8 rows with one f32 scale per row, and llama.cpp's
+block formats q8_0 / q4_0 / q4_1 (`pijax.kernels.blocks.BlockRows`).
 
 A weight matrix is always a set of rows `[N, D]` (a neuron, a query dim, a vocabulary entry) dotted with the
 input. Low-precision formats only change how the rows are stored; compute stays f32. `QuantRows` is a pytree,
@@ -16,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from pijax.errors import ConfigError
+from pijax.kernels.blocks import BLOCK_FORMATS, BlockRows, quantize_blocks
 
-WeightFormat = Literal["f32", "f16", "bf16", "int8"]
+WeightFormat = Literal["f32", "f16", "bf16", "int8", "q8_0", "q4_0", "q4_1"]
 WEIGHT_FORMATS: tuple[str, ...] = ("f32", "f16", "bf16", "int8")
+# Every format a matrix may be kept in: pijax's own, and llama.cpp's block formats (rows of a multiple of 32).
+ALL_FORMATS: tuple[str, ...] = (*WEIGHT_FORMATS, *BLOCK_FORMATS)
 _FLOAT_DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
 
 
@@ -55,7 +59,7 @@ class QuantRows:
         return self.q.astype(jnp.float32) * self.scale[:, None]
 
 
-Weight = jax.Array | QuantRows
+Weight = jax.Array | QuantRows | BlockRows
 
 
 @jax.jit
@@ -69,14 +73,16 @@ def quantize_rows(w_nd: jax.Array) -> QuantRows:
 
 
 def check_format(fmt: str) -> WeightFormat:
-    if fmt not in WEIGHT_FORMATS:
-        raise ConfigError(f"weight format {fmt!r} is not one of {WEIGHT_FORMATS}")
+    if fmt not in ALL_FORMATS:
+        raise ConfigError(f"weight format {fmt!r} is not one of {ALL_FORMATS}")
     return fmt  # type: ignore[return-value]
 
 
 def to_format(w: Weight, fmt: WeightFormat) -> Weight:
     """A matrix in storage format `fmt` (from any format; int8 is re-quantized from its f32 value)."""
     check_format(fmt)
+    if fmt in BLOCK_FORMATS:
+        return w if isinstance(w, BlockRows) and w.kind == fmt else quantize_blocks(dequantize(w), fmt)
     if fmt == "int8":
         return w if isinstance(w, QuantRows) else quantize_rows(w)
     dense = w.dequantize() if isinstance(w, QuantRows) else w
@@ -86,6 +92,8 @@ def to_format(w: Weight, fmt: WeightFormat) -> Weight:
 def format_of(w: Weight) -> WeightFormat:
     if isinstance(w, QuantRows):
         return "int8"
+    if isinstance(w, BlockRows):
+        return w.kind  # type: ignore[return-value]
     for name, dt in _FLOAT_DTYPES.items():
         if w.dtype == dt:
             return name  # type: ignore[return-value]
@@ -94,11 +102,11 @@ def format_of(w: Weight) -> WeightFormat:
 
 def dequantize(w: Weight) -> jax.Array:
     """The f32 matrix."""
-    return w.dequantize() if isinstance(w, QuantRows) else w.astype(jnp.float32)
+    return w.dequantize() if isinstance(w, QuantRows | BlockRows) else w.astype(jnp.float32)
 
 
 def nbytes(w: Weight) -> int:
-    return w.nbytes if isinstance(w, QuantRows) else int(w.size) * np.dtype(w.dtype).itemsize
+    return w.nbytes if isinstance(w, QuantRows | BlockRows) else int(w.size) * np.dtype(w.dtype).itemsize
 
 
 def row_bytes(w: Weight) -> int:

@@ -1,7 +1,8 @@
 """The two kernel operations, each with its C++ path (jax.ffi, few tokens) and its pure-JAX reference.
 
-- `linear(x, w)`: x [..., D] times the rows of w [N, D] -> [..., N], for any weight format; `linear3`: three
-  of them on the same x (attention's q, k, v) in one kernel call.
+- `linear(x, w)`: x [..., D] times the rows of w [N, D] -> [..., N], for any weight format (llama.cpp's block
+  formats, `BlockRows`, go to `pijax.kernels.qops`, which quantizes x to 8 bits as llama.cpp does); `linear3`:
+  three of them on the same x (attention's q, k, v) in one kernel call.
 - `sparse_ffn(x, logits, up, gate, down_t, ...)`: per token, the neurons whose predictor logit >= threshold
   (at most `capacity`, the top-scoring, as `pijax.kernels.reference.select_rows`), or every neuron when
   `logits` is None, through act(gate, up) and the down projection: y [M, D], and how many neurons each token
@@ -22,7 +23,9 @@ import numpy as np
 
 from pijax.config import FfnActivation
 from pijax.kernels import build
+from pijax.kernels.blocks import BlockRows
 from pijax.kernels.formats import QuantRows, Weight, dequantize
+from pijax.kernels.qops import block_linear, block_sparse_ffn, block_sparse_ffn_reference
 from pijax.kernels.reference import down_project, keep_mask, rows_activation
 
 MAX_KERNEL_TOKENS = 8
@@ -77,6 +80,8 @@ def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kerne
     """x [..., D] @ w[N, D]^T -> [..., N] in f32 (x's dtype for f32 weights on the XLA path)."""
     lead = x.shape[:-1]
     m = int(np.prod(lead)) if lead else 1
+    if isinstance(w, BlockRows):
+        return block_linear(x, w, kernel=kernel_ok(m, use_kernel))
     is_f32 = not isinstance(w, QuantRows) and w.dtype == jnp.float32
     if (is_f32 and not _f32_via_kernel(w, f32_kernel)) or not kernel_ok(m, use_kernel):
         return jnp.einsum("...d,nd->...n", x, w if is_f32 else dequantize(w))
@@ -130,6 +135,19 @@ def sparse_ffn(
     m, d = x_md.shape
     n_ff = up.shape[0]
     cap = n_ff if capacity is None else int(capacity)
+    if isinstance(up, BlockRows):
+        return block_sparse_ffn(
+            x_md,
+            logits_mf,
+            up,
+            gate,
+            down_t,
+            kind=kind,
+            threshold=threshold,
+            capacity=cap,
+            skip_inactive=skip_inactive,
+            kernel=kernel_ok(m, use_kernel),
+        )
     if not kernel_ok(m, use_kernel):
         return sparse_ffn_reference(x_md, logits_mf, up, gate, down_t, kind=kind, threshold=threshold, capacity=cap)
     dense = logits_mf is None
@@ -173,6 +191,10 @@ def sparse_ffn_reference(
     capacity: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The pure-JAX `sparse_ffn`: dense products in f32, the selection applied as a mask."""
+    if isinstance(up, BlockRows):
+        return block_sparse_ffn_reference(
+            x_md, logits_mf, up, gate, down_t, kind=kind, threshold=threshold, capacity=capacity
+        )
     m, _ = x_md.shape
     n_ff = up.shape[0]
     x = x_md.astype(jnp.float32)

@@ -7,7 +7,9 @@
   converted as it arrives, so peak memory is the converted model plus one matrix: never a second copy of a
   multi-GB model (`pijax.api.load_model` keeps the numpy checkpoint next to the module). Predictors may come from
   another file (a PowerInfer-style GGUF of the same weights).
-The token embedding and the norms stay f32 (one embedding row is read per token).
+The token embedding and the norms stay f32 (one embedding row is read per token). With `fmt` "q8_0", "q4_0",
+"q4_1" or "native" the matrices are llama.cpp's blocks, read from the file as they are where they already are
+one (`pijax.model.load_blocks` says which tensor gets what).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pijax.kernels import build
 from pijax.kernels.formats import WeightFormat, check_format, to_format
 from pijax.model.ffn import FFN
 from pijax.model.llama import Llama
+from pijax.model.load_blocks import block_ffn, block_matrix, is_block_load
 from pijax.model.predictor import Predictor
 from pijax.model.rows import Selector
 
@@ -97,9 +100,12 @@ def load_llama(
     weights with transparent huge pages (`pijax.kernels.build.use_hugepages`).
 
     `pred_threshold` defaults to the predictor file's `powerinfer.sparse_threshold` (else 0); `capacities`
-    (per layer) to no cap."""
-    check_format(fmt)
-    pfmt = check_format(predictor_fmt or fmt)
+    (per layer) to no cap. `fmt` "q8_0", "q4_0", "q4_1" or "native": llama.cpp's block formats, the file's
+    bytes kept where they already are one (`pijax.model.load_blocks`); predictors then default to int8."""
+    blocks = is_block_load(fmt)
+    if not blocks:
+        check_format(fmt)
+    pfmt = check_format(predictor_fmt or ("int8" if blocks else fmt))
     if xla_ffn and fmt != "f32":
         raise DataError(f"the XLA FFN runs f32 weights, not {fmt}", path)
     use_predictors = use_predictors and not xla_ffn
@@ -126,15 +132,30 @@ def load_llama(
     llama = nnx.eval_shape(lambda: Llama(cfg, None, rngs=nnx.Rngs(0)))
     llama.token_embd_vd = nnx.Param(_stored(f, "token_embd.weight").astype(jnp.float32))
     llama.output_norm.weight = nnx.Param(_stored(f, "output_norm.weight").astype(jnp.float32))
+
+    def matrix(name: str) -> Any:
+        return block_matrix(f, name, fmt) if blocks else to_format(_stored(f, name), fmt)
+
     if llama.w_out_vd is not None:
-        llama.w_out_vd = nnx.Param(to_format(_stored(f, "output.weight"), fmt))
+        llama.w_out_vd = nnx.Param(matrix("output.weight"))
+    elif blocks:  # a tied head in its block format; the lookup keeps the f32 table
+        llama.w_out_vd = nnx.data(nnx.Param(matrix("token_embd.weight")))
     has_down_t = "blk.0.ffn_down_t.weight" in f.tensors
     for i, block in enumerate(tqdm(llama.layers, desc=f"load {fmt}", unit="layer", disable=not progress)):
         p = f"blk.{i}."
         block.attn_norm.weight = nnx.Param(_stored(f, p + "attn_norm.weight").astype(jnp.float32))
         block.ffn_norm.weight = nnx.Param(_stored(f, p + "ffn_norm.weight").astype(jnp.float32))
         for attr, tensor in _ATTN.items():
-            setattr(block.attn, attr, nnx.Param(to_format(_stored(f, p + tensor + ".weight"), fmt)))
+            setattr(block.attn, attr, nnx.Param(matrix(p + tensor + ".weight")))
+        pred = None
+        if has_pred:
+            fc1, fc2 = (to_format(_stored(pf, p + f"{n}.weight"), pfmt) for n in ("fc1", "fc2"))
+            pred = Predictor.from_rows(fc1, fc2)
+        mode = "predictor" if has_pred else "dense"
+        sel = Selector(mode, capacity=caps[i], threshold=thr, skip_inactive=skip_inactive)
+        if blocks:
+            block.ffn = block_ffn(f, p, cfg, fmt, sel, pred)
+            continue
         down = _stored(f, p + "ffn_down_t.weight") if has_down_t else _stored(f, p + "ffn_down.weight", True)
         gate = to_format(_stored(f, p + "ffn_gate.weight"), fmt) if p + "ffn_gate.weight" in f.tensors else None
         if xla_ffn:
@@ -142,12 +163,6 @@ def load_llama(
             block.ffn.w_gate_fd = None if gate is None else nnx.Param(gate)
             block.ffn.w_down_fd = nnx.Param(to_format(down, "f32"))
             continue
-        pred = None
-        if has_pred:
-            fc1, fc2 = (to_format(_stored(pf, p + f"{n}.weight"), pfmt) for n in ("fc1", "fc2"))
-            pred = Predictor.from_rows(fc1, fc2)
-        mode = "predictor" if has_pred else "dense"
-        sel = Selector(mode, capacity=caps[i], threshold=thr, skip_inactive=skip_inactive)
         up = to_format(_stored(f, p + "ffn_up.weight"), fmt)
         block.ffn = FFN(cfg, up, gate, to_format(down, fmt), selector=sel, backend="kernels", predictor=pred)
     if hugepages:

@@ -27,7 +27,7 @@ from pijax.errors import ConfigError
 from pijax.io.weights import LayerWeights
 from pijax.kernels.formats import Weight, WeightFormat, dequantize, to_format
 from pijax.kernels.ops import dense_kernel_ok, linear
-from pijax.kernels.reference import rows_activation
+from pijax.kernels.reference import ffn_activation, rows_activation
 from pijax.model.layers import param
 from pijax.model.predictor import Predictor
 from pijax.model.rows import DENSE_SELECTOR, Backend, Selector, block_ffn, check_backend, kernels_run
@@ -46,17 +46,23 @@ class FFN(nnx.Module):
         cfg: ModelConfig,
         up: Weight | nnx.Param,
         gate: Weight | nnx.Param | None,
-        down_t: Weight | nnx.Param,
+        down_t: Weight | nnx.Param | None,
         *,
         selector: Selector = DENSE_SELECTOR,
         backend: Backend = "xla",
         predictor: Predictor | None = None,
+        down_df: Weight | None = None,
     ):
+        if (down_t is None) == (down_df is None):
+            raise ConfigError("an FFN takes its down matrix once: as down_t rows [F, D] or as down_df [D, F]")
         self.kind: FfnActivation = cfg.ffn_act
         self.n_ff = cfg.n_ff
         self.w_up_fd = _as_param(up)
         self.w_gate_fd = None if gate is None else _as_param(gate)
-        self.w_down_fd = _as_param(down_t)
+        # down_t rows [F, D] serve every selector. A dense block-format load instead keeps the file's down matrix
+        # [D, F] (down_df), so that its products are llama.cpp's on the same bytes (no re-quantized transpose).
+        self.w_down_fd = None if down_t is None else _as_param(down_t)
+        self.w_down_df = None if down_df is None else nnx.Param(down_df)
         self.selector = DENSE_SELECTOR
         self.backend: Backend = "xla"
         self.predictor: Predictor | None = nnx.data(None)  # a data field: it may hold a Predictor later
@@ -81,6 +87,11 @@ class FFN(nnx.Module):
             raise ConfigError(f"FFN capacity {selector.capacity} must be in [1, n_ff={self.n_ff}]")
         if selector.mode == "predictor" and predictor is None:
             raise ConfigError("selector 'predictor' needs a predictor")
+        if self.w_down_fd is None and selector.mode != "dense":
+            raise ConfigError(
+                f"selector {selector.mode!r} needs down_t rows [F, D]; this FFN keeps the file's down matrix [D, F] "
+                "(a dense block-format load): load the model with its predictors instead"
+            )
         if backend == "kernels" and not kernels_run(selector, self.n_ff):
             raise ConfigError(
                 f"selector {selector.mode!r} (capacity {selector.capacity}) needs the dense activations, which the "
@@ -103,7 +114,10 @@ class FFN(nnx.Module):
         self.w_up_fd = nnx.Param(to_format(self.w_up_fd[...], fmt))
         if self.w_gate_fd is not None:
             self.w_gate_fd = nnx.Param(to_format(self.w_gate_fd[...], fmt))
-        self.w_down_fd = nnx.Param(to_format(self.w_down_fd[...], fmt))
+        if self.w_down_fd is not None:
+            self.w_down_fd = nnx.Param(to_format(self.w_down_fd[...], fmt))
+        if self.w_down_df is not None:
+            self.w_down_df = nnx.Param(to_format(self.w_down_df[...], fmt))
         if self.predictor is not None:
             pfmt = predictor_fmt or fmt
             self.predictor.fc1_rd = nnx.Param(to_format(self.predictor.fc1_rd[...], pfmt))
@@ -131,6 +145,10 @@ class FFN(nnx.Module):
             logits = self.predictor_logits(ffn_in_btd).reshape(b * t, self.n_ff)
         gate = None if self.w_gate_fd is None else self.w_gate_fd[...]
         up = self.w_up_fd[...]
+        if self.w_down_df is not None:  # dense, in llama.cpp's order of products (see __init__)
+            h_nd = h_btd.reshape(b * t, d)
+            act = ffn_activation(None if gate is None else linear(h_nd, gate), linear(h_nd, up), self.kind)
+            return linear(act, self.w_down_df[...]).astype(h_btd.dtype).reshape(b, t, d), None
         backend = self.backend
         if backend == "xla" and self.selector.mode == "dense" and t == 1 and dense_kernel_ok(b, up):
             # Dense decode on a CPU (a training batch is never one position): one kernel call reads each neuron's
