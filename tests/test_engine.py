@@ -92,7 +92,7 @@ def test_predictor_mode_on_both_backends_agrees(model, ids, sparse_ref):
 
 # (accelerators, budgets, backend): 1, 2 and 4 virtual accelerators; budgets from all-cold to all-hot.
 HYBRID_CASES = [
-    (1, ("ffn:0%", "ffn:50%"), "auto"),
+    (1, ("ffn:0%", "ffn:50%", "ffn:100%"), "auto"),
     (2, ("ffn:30%",), "xla"),
     (4, ("ffn:80%",), "auto"),
 ]

@@ -58,8 +58,9 @@ class RowIds(nnx.Variable):
 
 
 def block_selector(source: MaskSource, capacity: int, threshold: float, max_gather_rows: int | None) -> Selector:
-    """The shared selector (pijax.model.rows) a hybrid block of rows runs."""
-    return Selector(_SELECTOR_MODE[source], capacity=capacity, threshold=threshold, max_gather_rows=max_gather_rows)
+    """The shared selector (pijax.model.rows) a hybrid block of rows runs (an empty block: capacity 1, unused)."""
+    cap = max(1, int(capacity))
+    return Selector(_SELECTOR_MODE[source], capacity=cap, threshold=threshold, max_gather_rows=max_gather_rows)
 
 
 def request_fields(
