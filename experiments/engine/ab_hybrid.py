@@ -14,7 +14,6 @@ with overlap on, so that the split layers' hot rows are timed apart from attenti
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 from typing import Any
@@ -48,7 +47,7 @@ def main() -> None:
     ap.add_argument(
         "--twin",
         default=None,
-        help="more hybrids per budget, modified: overlap (hot rows as their own call), devput (copies by jax.device_put), nohuge (weights on 4 KiB pages)",
+        help="more hybrids per budget, modified: overlap (hot rows as their own call), devput (copies by jax.device_put), huge (the hybrid's weights on huge pages)",
     )
     args = ap.parse_args()
     placement = setup_devices(HardwareConfig(platform="cpu", n_accel=1))
@@ -84,13 +83,9 @@ def main() -> None:
         engines[f"hybrid ffn:{b}%"] = setup.engine
         for twin in args.twin.split(",") if args.twin else []:
             hw = HardwareConfig(platform="cpu", n_accel=1, overlap=twin == "overlap")
-            if twin == "nohuge":  # the hybrid's weights on 4 KiB pages (read when build_hybrid advises them)
-                os.environ["PIJAX_NO_HUGEPAGES"] = "1"
-            try:
-                e = hybrid(b, hw).engine
-            finally:
-                if twin == "nohuge":
-                    del os.environ["PIJAX_NO_HUGEPAGES"]
+            e = hybrid(b, hw).engine
+            if twin == "huge":  # the hybrid's CPU buffers on transparent huge pages, as load_llama's (sparse)
+                print(f"huge pages advised: {build.use_hugepages(e.hybrid.parts()) >> 20} MiB")
             if twin == "devput":  # the copies as jax.device_put
                 from pijax.layout.devices import to_local, to_mesh
 

@@ -21,7 +21,6 @@ from pijax.config import ModelConfig
 from pijax.engine.hybrid_ffn import ColdFFN, HotMode, HybridFFN, MaskSource
 from pijax.errors import ConfigError, DataError
 from pijax.io.weights import LayerWeights, PredictorWeights
-from pijax.kernels import build
 from pijax.layout.devices import Placement, to_mesh
 from pijax.layout.memory import ResidentReport, resident_report
 from pijax.layout.pack import PackedLayer, pack_layer
@@ -247,7 +246,7 @@ def build_hybrid(
     with jax.default_device(host):
         head = Head(cfg, np.asarray(llama.output_norm.weight[...]), w_out, dtype=dtype)
     place(head, repl)
-    hybrid = HybridLlama(
+    return HybridLlama(
         cfg=cfg,
         placement=placement,
         embed_vd=jax.device_put(table, placement.on_host),
@@ -259,7 +258,3 @@ def build_hybrid(
         hot_mode=hot_mode,
         overlap=overlap,
     )
-    # As the single-device sparse engine's weights (pijax.model.convert.load_llama): the sparse steps read rows
-    # scattered over the matrices, and on 4 KiB pages nearly every row start is a TLB miss. CPU buffers only.
-    build.use_hugepages(hybrid.parts())
-    return hybrid

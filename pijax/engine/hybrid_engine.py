@@ -170,7 +170,10 @@ class _Copier:
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.devices is not None:
-            return _BATCHED_COPY([x], [self.devices], [self.dst], [_ALWAYS_COPY])[0]
+            try:
+                return _BATCHED_COPY([x], [self.devices], [self.dst], [_ALWAYS_COPY])[0]
+            except (TypeError, ValueError, RuntimeError):  # a runtime that copies otherwise: device_put from now on
+                self.devices = None
         return to_mesh(to_local(x), self.dst)
 
 
