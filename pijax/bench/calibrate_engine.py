@@ -200,9 +200,9 @@ def _hybrid(llama: Any, placement: Any, hot: bool) -> Any:
 
 
 def _count_step(engine: Any) -> tuple[int, int]:
-    """(jitted calls, device_puts) of one decode step of a HybridEngine, after the first (which also moves the
-    caller's position and key once): calls through its `_run` (every part but "transfer"), every jax.device_put
-    (the engine's and pijax.layout.devices.to_mesh's)."""
+    """(jitted calls, transfers) of one decode step of a HybridEngine, after the first (which also moves the
+    caller's position and key once): calls through its `_run`, its "transfer" parts (whichever copy they use) and
+    every other jax.device_put (the engine's and pijax.layout.devices.to_mesh's)."""
     import jax
     import jax.numpy as jnp
 
@@ -213,15 +213,22 @@ def _count_step(engine: Any) -> tuple[int, int]:
     step = engine._warm(arr, 64, greedy, key)
     cur, _, cache = engine.prefill(arr, 64, greedy, key)
     cur, _, cache, pos = step(engine.leaves, cache, cur, jnp.asarray(arr.size, jnp.int32), key)
-    counts = {"calls": 0, "puts": 0}
+    counts = {"calls": 0, "puts": 0, "in_transfer": 0}
     run, put = engine._run, jax.device_put
 
     def counting_run(part: str, fn: Any, *args: Any) -> Any:
-        counts["calls"] += part != "transfer"
-        return run(part, fn, *args)
+        if part != "transfer":
+            counts["calls"] += 1
+            return run(part, fn, *args)
+        counts["puts"] += 1
+        counts["in_transfer"] += 1
+        try:
+            return run(part, fn, *args)
+        finally:
+            counts["in_transfer"] -= 1
 
     def counting_put(*args: Any, **kwargs: Any) -> Any:
-        counts["puts"] += 1
+        counts["puts"] += counts["in_transfer"] == 0  # a transfer's own device_put is that transfer
         return put(*args, **kwargs)
 
     engine._run, jax.device_put = counting_run, counting_put
