@@ -34,12 +34,16 @@ from flax import nnx
 from pijax.config import FfnActivation, ModelConfig
 from pijax.errors import ConfigError, DataError
 from pijax.io.weights import PredictorWeights
-from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
+from pijax.kernels.reference import down_project, ffn_activation, rows_activation, select_rows, selection_mask
 from pijax.model.ffn import DenseFFN
 from pijax.model.predictor import Predictor
 
 MaskSource = Literal["oracle", "predictor", "threshold"]
 MASK_SOURCES: tuple[str, ...] = ("oracle", "predictor", "threshold")
+# What the threshold source scores (pijax.sparsity.criteria): |act(gate)*up| (oracle), |act(gate)| (cats), or
+# the FFN input channels |h_d| (teal: channels <= t are zeroed before gate and up; no neuron is skipped).
+ThresholdCriterion = Literal["oracle", "cats", "teal"]
+THRESHOLD_CRITERIA: tuple[str, ...] = ("oracle", "cats", "teal")
 # On CPU, bytes of one matrix's rows per gathered chunk: small enough that a chunk of up, gate and down_t rows
 # stays in the core's L2 between its gather and its products (32 rows, 1.5 MB for all three at n_embd 4096 in
 # f32; 1 MB chunks measured ~10% slower on a 2 MB-L2 Xeon), large enough that the loop's per-step cost is noise.
@@ -120,6 +124,7 @@ class SparseFFN(nnx.Module):
         pred_threshold: float = 0.0,
         act_threshold: float | None = None,
         max_gather_rows: int | None = None,
+        criterion: ThresholdCriterion = "oracle",
     ):
         if mode not in MASK_SOURCES:
             raise ConfigError(f"sparse FFN mask source {mode!r} is not one of {MASK_SOURCES}")
@@ -127,6 +132,10 @@ class SparseFFN(nnx.Module):
             raise ConfigError("mask source 'predictor' needs a predictor")
         if mode == "threshold" and act_threshold is None:
             raise ConfigError("mask source 'threshold' needs an activation threshold")
+        if criterion not in THRESHOLD_CRITERIA:
+            raise ConfigError(f"sparse FFN criterion {criterion!r} is not one of {THRESHOLD_CRITERIA}")
+        if criterion == "teal" and capacity is not None and capacity < cfg.n_ff:
+            raise ConfigError("criterion 'teal' skips input channels, not neurons: it takes no neuron capacity")
         capacity = cfg.n_ff if capacity is None else int(capacity)
         if not 1 <= capacity <= cfg.n_ff:
             raise ConfigError(f"sparse FFN capacity {capacity} must be in [1, n_ff={cfg.n_ff}]")
@@ -138,6 +147,7 @@ class SparseFFN(nnx.Module):
         self.max_gather_rows = cfg.n_ff // 2 if max_gather_rows is None else int(max_gather_rows)
         self.pred_threshold = float(pred_threshold)
         self.act_threshold = None if act_threshold is None else float(act_threshold)
+        self.criterion: ThresholdCriterion = criterion
         self.w_up_fd = dense.w_up_fd
         self.w_gate_fd = dense.w_gate_fd
         self.w_down_fd = dense.w_down_fd
@@ -154,8 +164,14 @@ class SparseFFN(nnx.Module):
         if self.mode == "predictor":
             logits = self.predictor(ffn_in_btd)
             return logits, logits >= self.pred_threshold, None
+        if self.mode == "threshold" and self.criterion == "teal":  # input channels <= t are never read
+            act = self.activations(jnp.where(jnp.abs(h_btd) > self.act_threshold, h_btd, 0.0))
+            return jnp.abs(act), jnp.ones(act.shape, bool), act
         act = self.activations(h_btd)
         mag = jnp.abs(act)
+        if self.mode == "threshold" and self.criterion == "cats" and self.w_gate_fd is not None:
+            gate = jnp.einsum("btd,fd->btf", h_btd, self.w_gate_fd[...])
+            mag = jnp.abs(ffn_activation(None, gate, self.kind))  # |act(gate)| alone (CATS)
         active = act != 0 if self.mode == "oracle" else mag > self.act_threshold
         return mag, active, act
 
@@ -213,6 +229,7 @@ def sparsify(
     pred_threshold: float | Sequence[float] | None = None,
     act_thresholds: Sequence[float] | np.ndarray | None = None,
     max_gather_rows: int | None = None,
+    criterion: ThresholdCriterion = "oracle",
 ) -> None:
     """Swap every `block.ffn` of a Model (or a bare Llama) for a SparseFFN, in place.
 
@@ -262,6 +279,7 @@ def sparsify(
             pred_threshold=pts[i],
             act_threshold=None if thr is None else float(thr[i]),
             max_gather_rows=max_gather_rows,
+            criterion=criterion,
         )
         new_ffns.append(new_ffn)
     for block, new_ffn in zip(llama.layers, new_ffns, strict=True):
