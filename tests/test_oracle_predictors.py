@@ -58,6 +58,7 @@ TINY = OraclePredictorConfig(
     tokens=512,
     seq_len=32,
     layers=(0, 29),
+    pool_tokens=4096,
     train=PredictorTrainConfig(ranks=(4, 8), target_recall=0.8, recall_margin=0.0, min_precision=0.99,
                                max_epochs=2, patience=2, batch_size=64, val_fraction=0.1, max_tokens=None),
 )  # fmt: skip

@@ -93,7 +93,8 @@ def sparse_model(
     mode="threshold" (default 0.5) the cut-off of `criterion` ("oracle" |act(gate)*up|, "cats" |act(gate)|, or
     "teal" |FFN input|, whose entries are input channels); for mode="predictor" the predictor-logit cut-off (None:
     the file's threshold). A SiLU model without predictors in its file gets oracle predictors
-    (pijax.sparsity.predictor_store: shipped, cached, or trained on first use). capacity_quantile / capacities: a static cap
+    (pijax.sparsity.predictor_store: shipped, cached, or trained on first use; without `sparsity`, their
+    training thresholds). capacity_quantile / capacities: a static cap
     on rows per token (calibrated on the corpus' training split, or given per layer); None: no cap (the result
     is then exact for "relu" and "oracle"). backend: "auto", "kernels" or "xla"; the kernels run "predictor"
     and "relu" (threshold and a capped oracle need the dense activations, so they run on XLA)."""
@@ -119,7 +120,10 @@ def sparse_model(
         if preds is None and cfg.ffn_act == "silu":
             from pijax.sparsity.predictor_store import predictors_for
 
-            preds = predictors_for(model).weights
+            store = predictors_for(model)
+            preds = store.weights
+            if pred_threshold is None and sparsity is None:
+                pred_threshold = store.decision_thresholds
         if preds is None:
             raise ConfigError(
                 f"mode='predictor' needs predictors (blk.N.fc1/fc2); {model.checkpoint.gguf.path} has none"

@@ -57,6 +57,7 @@ class OraclePredictorConfig:
     batch_size: int = 8
     seed: int = 0
     layers: tuple[int, ...] | None = None  # None: every layer (tests train a few)
+    pool_tokens: int | None = None  # windows are drawn from the first this many tokens of each split (None: all)
     train: PredictorTrainConfig = PredictorTrainConfig(
         ranks=(64, 120),
         target_recall=0.85,
@@ -87,7 +88,7 @@ def training_windows(model: Any, cfg: OraclePredictorConfig) -> np.ndarray:
     out = []
     for corpus in (load_corpus(None), stdlib_corpus()):
         train, _ = corpus.split(cfg.held_out)
-        w = train.windows(model.tokenizer, cfg.seq_len, None)
+        w = train.windows(model.tokenizer, cfg.seq_len, cfg.pool_tokens)
         if len(w) < per_domain:
             raise DataError(f"training split has {len(w)} windows of {cfg.seq_len}, {per_domain} wanted", corpus.path)
         out.append(w[np.sort(rng.permutation(len(w))[:per_domain])])
@@ -165,6 +166,15 @@ class OraclePredictors:
 
     def f16_bytes(self) -> int:
         return 2 * self.n_params
+
+    @property
+    def decision_thresholds(self) -> list[float] | None:
+        """Per-layer logit cut-offs chosen in training (recall `target_recall` of the label set on validation):
+        the default when no sparsity is asked for; None when the file does not record them."""
+        info = self.meta.get("layer_info", [])
+        if len(info) != len(self.weights):
+            return None
+        return [float(i["val_threshold"]) for i in info]
 
 
 def train_oracle_predictors(

@@ -1,6 +1,6 @@
 """Oracle predictors on SmolLM2-135M, measured on held-out text of both domains (issue 13, part 3).
 
-`python -m pijax.tasks.smollm2_predictors [--out DIR] [--sparsities 0.1,0.2,0.3,0.4,0.5] [--no-allocation]`
+`python -m pijax.tasks.smollm2_predictors [--out DIR] [--sparsities 0.2,0.3,0.4,0.5] [--parts uniform,sensitivity]`
 
 Predictors: `predictor_store.predictors_for` (shipped, cached or trained). Domains, split and windows: exactly those
 of experiments/real_sparsity (`real_sparsity.load_domain`, `RealSparsityConfig` defaults): per domain the
@@ -35,8 +35,8 @@ from pijax.tasks.real_sparsity import load_domain
 
 OUT = Path("experiments/predictors_smollm2")
 ORACLE_CURVES = Path("experiments/real_sparsity/curves.csv")
-SENS_GRID = (0.0, 0.2, 0.4, 0.6)
-SENS_WINDOWS = 4  # per domain, from the calibration (training) windows
+SENS_GRID = (0.0, 0.3, 0.5, 0.7)
+SENS_WINDOWS = 2  # per domain, from the calibration (training) windows
 
 
 def _sensitivity(model: Any, preds: Any, domains: list[Any], out: Path) -> np.ndarray:
@@ -54,7 +54,7 @@ def _sensitivity(model: Any, preds: Any, domains: list[Any], out: Path) -> np.nd
     return sens
 
 
-def measure(out: Path, sparsities: list[float], allocation: bool) -> list[dict[str, Any]]:
+def measure(out: Path, sparsities: list[float], parts: list[str]) -> list[dict[str, Any]]:
     rc = RealSparsityConfig()
     model = load_model("smollm2-135m")
     preds = predictors_for(model)
@@ -63,7 +63,9 @@ def measure(out: Path, sparsities: list[float], allocation: bool) -> list[dict[s
         load_domain(model, "stdlib", stdlib_corpus(rc.stdlib_modules), rc),
     ]
     out.mkdir(parents=True, exist_ok=True)
-    done = {(r["domain"], r["allocation"], round(float(r["target"]), 4)) for r in read_results_csv(out / "results.csv")}
+    old = read_results_csv(out / "results.csv") if (out / "results.csv").is_file() else []
+    done = {(r["domain"], r["allocation"], round(float(r["target"]), 4)) for r in old}
+    allocation = "sensitivity" in parts
     sens = _sensitivity(model, preds, domains, out) if allocation else None
     allocs = {s: sensitivity_allocation(sens, SENS_GRID, s) for s in sparsities} if allocation else {}
     if allocation and not (out / "allocations.csv").is_file():
@@ -75,7 +77,7 @@ def measure(out: Path, sparsities: list[float], allocation: bool) -> list[dict[s
         logit_samples = predictor_logit_samples(model, preds.weights, cal, progress=True)
         oracle_samples = calibration_scores(model, cal, "oracle", batch_size=rc.batch_size)
         ev = PredictorEvaluator(model, d.held, preds.weights, batch_size=rc.batch_size, progress=True)
-        plan = [("uniform", s, np.full(model.config.n_layer, s)) for s in sparsities]
+        plan = [("uniform", s, np.full(model.config.n_layer, s)) for s in sparsities if "uniform" in parts]
         plan += [("sensitivity", s, a) for s, a in allocs.items()]
         for alloc, s, per_layer in plan:
             if (d.name, alloc, round(s, 4)) in done and not (alloc == "uniform" and s == 0.4):
@@ -117,6 +119,7 @@ def report(out: Path) -> str:
     rows = [r | {k: float(r[k]) for k in ("target", "ppl_increase_pct", "top1_pct", "heldout_sparsity",
                                           "mean_recall", "mean_precision")}
             for r in read_results_csv(out / "results.csv")]  # fmt: skip
+    rows = [r | {"ppl_dense": float(r["ppl_dense"])} for r in rows]
     oracle = [
         r | {k: float(r[k]) for k in ("target", "ppl_increase_pct", "top1_pct")}
         for r in read_results_csv(ORACLE_CURVES)
@@ -162,8 +165,8 @@ def report(out: Path) -> str:
         fig.savefig(out / "layers.png")
     lines = []
     for dom in domains:
-        lines += [f"**{dom}** (dense perplexity {float(read_results_csv(out / 'results.csv')[0]['ppl_dense']):.2f}"
-                  if dom == rows[0]["domain"] else f"**{dom}**", "",
+        dense = next(float(r["ppl_dense"]) for r in rows if r["domain"] == dom)
+        lines += [f"**{dom}** (dense perplexity {dense:.2f})", "",
                   "| target | allocation | held-out sparsity | perplexity change | top-1 | recall | precision |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in sorted((r for r in rows if r["domain"] == dom), key=lambda r: (r["allocation"], r["target"])):
@@ -181,10 +184,10 @@ def report(out: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5")
-    ap.add_argument("--no-allocation", action="store_true")
+    ap.add_argument("--sparsities", default="0.2,0.3,0.4,0.5")
+    ap.add_argument("--parts", default="uniform,sensitivity", help="uniform and/or sensitivity (allocation)")
     args = ap.parse_args(argv)
-    measure(args.out, [float(s) for s in args.sparsities.split(",")], not args.no_allocation)
+    measure(args.out, [float(s) for s in args.sparsities.split(",")], args.parts.split(","))
     print(report(args.out))
 
 
