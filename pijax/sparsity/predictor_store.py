@@ -27,7 +27,7 @@ SHIPPED: tuple[Path, ...] = (SMOLLM2_PREDICTORS,)
 
 
 def cache_path(fingerprint: str) -> Path:
-    return cache_root() / "predictors" / f"{fingerprint}.oracle.gguf"
+    return cache_root() / "predictors" / f"{fingerprint.replace(':', '-')}.oracle.gguf"
 
 
 def _recorded_fingerprint(path: Path) -> str | None:

@@ -4,8 +4,8 @@
 
 Predictors: `predictor_store.predictors_for` (shipped, cached or trained). Domains, split and windows: exactly those
 of experiments/real_sparsity (`real_sparsity.load_domain`, `RealSparsityConfig` defaults): per domain the
-predictors' logit thresholds and the oracle's thresholds (for recall/precision) are calibrated on its 24 training
-calibration windows, and every figure is on its first 48 held-out windows. Rows:
+predictors' logit thresholds (`calibrate_logit_thresholds`, through the gated model) and the oracle's thresholds
+(for recall/precision; on the dense model) are calibrated on its 24 training calibration windows, and every figure is on its first 48 held-out windows. Rows:
 - uniform: every layer at the target sparsity;
 - sensitivity: per-layer sparsities from END-TO-END sensitivity (`predictor_eval.layer_sensitivity`: perplexity
   with one layer gated at each grid level, the others dense) measured on training windows only (the first
@@ -26,7 +26,7 @@ import numpy as np
 from pijax.api import load_model
 from pijax.corpus import load_corpus, stdlib_corpus
 from pijax.results import format_table, read_results_csv, write_results_csv
-from pijax.sparsity.oracle_predictors import logit_thresholds, predictor_logit_samples
+from pijax.sparsity.oracle_predictors import calibrate_logit_thresholds, predictor_logit_samples
 from pijax.sparsity.predictor_eval import PredictorEvaluator, layer_sensitivity, sensitivity_allocation
 from pijax.sparsity.predictor_store import find_predictors, predictors_for
 from pijax.sparsity.real_config import RealSparsityConfig
@@ -74,7 +74,6 @@ def measure(out: Path, sparsities: list[float], parts: list[str]) -> list[dict[s
     rows, layer_rows = [], []
     for d in domains:
         cal = d.train[: rc.calibration_windows]
-        logit_samples = predictor_logit_samples(model, preds.weights, cal, progress=True)
         oracle_samples = calibration_scores(model, cal, "oracle", batch_size=rc.batch_size)
         ev = PredictorEvaluator(model, d.held, preds.weights, batch_size=rc.batch_size, progress=True)
         plan = [("uniform", s, np.full(model.config.n_layer, s)) for s in sparsities if "uniform" in parts]
@@ -82,8 +81,8 @@ def measure(out: Path, sparsities: list[float], parts: list[str]) -> list[dict[s
         for alloc, s, per_layer in plan:
             if (d.name, alloc, round(s, 4)) in done and not (alloc == "uniform" and s == 0.4):
                 continue
-            res = ev.evaluate_predictors(logit_thresholds(logit_samples, per_layer),
-                                         thresholds_from_scores(oracle_samples, per_layer))  # fmt: skip
+            thr = calibrate_logit_thresholds(model, preds.weights, cal, per_layer)
+            res = ev.evaluate_predictors(thr, thresholds_from_scores(oracle_samples, per_layer))
             row = {
                 "domain": d.name, "allocation": alloc, "line": f"predictor {alloc}", "target": s,
                 "heldout_sparsity": res.sparsity, "ppl_dense": res.ppl_dense, "ppl": res.ppl,
