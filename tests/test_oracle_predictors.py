@@ -24,8 +24,8 @@ from pijax.sparsity.criteria import masked_forward
 from pijax.sparsity.oracle_predictors import (
     OraclePredictorConfig,
     OraclePredictors,
+    calibrate_logit_thresholds,
     load_oracle_predictors,
-    predictor_logit_samples,
     save_oracle_predictors,
     train_oracle_predictors,
 )
@@ -133,16 +133,13 @@ def test_shipped_predictors_beat_a_random_predictor_on_held_out_text(smollm2, sh
     cal = train.windows(smollm2.tokenizer, SEQ, 4 * SEQ)
     win = held.windows(smollm2.tokenizer, SEQ, 4 * SEQ)
     oracle = thresholds_from_scores(calibration_scores(smollm2, cal, "oracle", progress=False), 0.4)
-    samples = predictor_logit_samples(smollm2, shipped.weights, cal)
-    from pijax.sparsity.oracle_predictors import logit_thresholds
-
     ev = PredictorEvaluator(smollm2, win, shipped.weights)
-    trained = ev.evaluate_predictors(logit_thresholds(samples, 0.4), oracle)
+    trained = ev.evaluate_predictors(calibrate_logit_thresholds(smollm2, shipped.weights, cal, 0.4), oracle)
     rng = np.random.default_rng(0)
     rand_w = [PredictorWeights(rng.standard_normal(w.fc1.shape).astype(np.float32) / np.sqrt(w.fc1.shape[1]),
                                rng.standard_normal(w.fc2.shape).astype(np.float32)) for w in shipped.weights]  # fmt: skip
-    ev_r = PredictorEvaluator(smollm2, win, rand_w)
-    rand = ev_r.evaluate_predictors(logit_thresholds(predictor_logit_samples(smollm2, rand_w, cal), 0.4), oracle)
+    ev.params = [{"fc1": jnp.asarray(w.fc1), "fc2": jnp.asarray(w.fc2)} for w in rand_w]  # same shapes: no recompile
+    rand = ev.evaluate_predictors(calibrate_logit_thresholds(smollm2, rand_w, cal, 0.4), oracle)
     rec_t = np.mean([m.recall for m in trained.metrics])
     rec_r = np.mean([m.recall for m in rand.metrics])
     # figures from experiments/predictors_smollm2 (48 windows of 128: recall ~0.7 at 40%), minus noise

@@ -1,6 +1,7 @@
 """Oracle predictors on SmolLM2-135M, measured on held-out text of both domains (issue 13, part 3).
 
-`python -m pijax.tasks.smollm2_predictors [--out DIR] [--sparsities 0.2,0.3,0.4,0.5] [--parts uniform,sensitivity]`
+`python -m pijax.tasks.smollm2_predictors [--out DIR] [--sparsities 0.2,0.3,0.4,0.5] [--parts uniform,sensitivity]
+[--domains tinystories,stdlib]`
 
 Predictors: `predictor_store.predictors_for` (shipped, cached or trained). Domains, split and windows: exactly those
 of experiments/real_sparsity (`real_sparsity.load_domain`, `RealSparsityConfig` defaults): per domain the
@@ -54,7 +55,9 @@ def _sensitivity(model: Any, preds: Any, domains: list[Any], out: Path) -> np.nd
     return sens
 
 
-def measure(out: Path, sparsities: list[float], parts: list[str]) -> list[dict[str, Any]]:
+def measure(
+    out: Path, sparsities: list[float], parts: list[str], names: tuple[str, ...] = ("tinystories", "stdlib")
+) -> list[dict[str, Any]]:
     rc = RealSparsityConfig()
     model = load_model("smollm2-135m")
     preds = predictors_for(model)
@@ -72,7 +75,7 @@ def measure(out: Path, sparsities: list[float], parts: list[str]) -> list[dict[s
         write_results_csv(out / "allocations.csv", [{"target": s, **{f"l{i}": v for i, v in enumerate(a)}}
                                                     for s, a in allocs.items()])  # fmt: skip
     rows, layer_rows = [], []
-    for d in domains:
+    for d in (d for d in domains if d.name in names):
         cal = d.train[: rc.calibration_windows]
         oracle_samples = calibration_scores(model, cal, "oracle", batch_size=rc.batch_size)
         ev = PredictorEvaluator(model, d.held, preds.weights, batch_size=rc.batch_size, progress=True)
@@ -185,8 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--sparsities", default="0.2,0.3,0.4,0.5")
     ap.add_argument("--parts", default="uniform,sensitivity", help="uniform and/or sensitivity (allocation)")
+    ap.add_argument("--domains", default="tinystories,stdlib")
     args = ap.parse_args(argv)
-    measure(args.out, [float(s) for s in args.sparsities.split(",")], args.parts.split(","))
+    measure(args.out, [float(s) for s in args.sparsities.split(",")], args.parts.split(","),
+            tuple(args.domains.split(",")))  # fmt: skip
     print(report(args.out))
 
 
