@@ -12,7 +12,7 @@ predictors' logit thresholds (`calibrate_logit_thresholds`, through the gated mo
   with one layer gated at each grid level, the others dense) measured on training windows only (the first
   `SENS_WINDOWS` calibration windows of each domain), then `sensitivity_allocation`.
 Writes to `--out` (default experiments/predictors_smollm2): results.csv (one row per domain, allocation and
-target), layers.csv (rank, bytes, recall/precision per layer and domain at 40%), sensitivity.csv, allocations.csv,
+target), layers_<domain>.csv (rank, parameters, recall/precision per layer at 40%), sensitivity.csv, allocations.csv,
 ppl_increase.png, layers.png and tables.md. Rows already in results.csv (and sensitivity.csv) are kept on a rerun.
 """
 
@@ -105,9 +105,9 @@ def measure(
             rows.append(row)
             write_results_csv(out / "results.csv", [row])
             print(format_table([row]), flush=True)
-    if layer_rows:
-        (out / "layers.csv").unlink(missing_ok=True)
-        write_results_csv(out / "layers.csv", layer_rows)
+    for dom in dict.fromkeys(r["domain"] for r in layer_rows):
+        (out / f"layers_{dom}.csv").unlink(missing_ok=True)
+        write_results_csv(out / f"layers_{dom}.csv", [r for r in layer_rows if r["domain"] == dom])
     src = find_predictors(model)
     print(f"predictors: {src}, ranks {preds.ranks}, {preds.f16_bytes():,} bytes at f16")
     return rows
@@ -148,8 +148,8 @@ def report(out: Path) -> str:
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out / "ppl_increase.png")
-    if (out / "layers.csv").is_file():
-        lr = read_results_csv(out / "layers.csv")
+    lr = [r for p in sorted(out.glob("layers_*.csv")) for r in read_results_csv(p)]
+    if lr:
         fig = Figure(figsize=(11, 4), dpi=120)
         FigureCanvasAgg(fig)
         ax = fig.subplots()
