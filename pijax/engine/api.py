@@ -76,7 +76,8 @@ def sparse_model(
     model: Any,
     mode: Mode = "predictor",
     *,
-    sparsity: float = 0.5,
+    sparsity: float | None = None,
+    criterion: str = "oracle",
     backend: Backend = "auto",
     capacity_quantile: float | None = None,
     capacities: Sequence[int] | None = None,
@@ -87,7 +88,12 @@ def sparse_model(
 ) -> SparseSetup:
     """A sparse copy of a pijax Model's module, every row on one device (see the module docstring).
 
-    sparsity: the target share of skipped rows for mode="threshold". capacity_quantile / capacities: a static cap
+    sparsity: the target share of skipped rows, calibrated per layer on the corpus' training split: for
+    mode="threshold" (default 0.5) the cut-off of `criterion` ("oracle" |act(gate)*up|, "cats" |act(gate)|, or
+    "teal" |FFN input|, whose entries are input channels); for mode="predictor" the predictor-logit cut-off (None:
+    the file's threshold). A SiLU model without predictors in its file gets oracle predictors
+    (pijax.sparsity.predictor_store: shipped, cached, or trained on first use; without `sparsity`, their
+    training thresholds). capacity_quantile / capacities: a static cap
     on rows per token (calibrated on the corpus' training split, or given per layer); None: no cap (the result
     is then exact for "relu" and "oracle"). backend: "auto", "kernels" or "xla"; the kernels run "predictor"
     and "relu" (threshold and a capped oracle need the dense activations, so they run on XLA)."""
@@ -98,24 +104,45 @@ def sparse_model(
         if backend == "kernels":
             raise ConfigError(f"mode={mode!r} needs the dense activations, which the kernels do not compute: use xla")
         chosen = "xla"
+    from pijax.sparsity.criteria import check_criterion
+    from pijax.sparsity.thresholds import check_sparsity
+
+    check_criterion(criterion)
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    if criterion != "oracle" and (mode != "threshold" or capacity_quantile is not None or capacities is not None):
+        raise ConfigError(f"criterion={criterion!r} applies to mode='threshold' without a capacity")
     module = nnx.clone(model.module)
     preds = None
     if mode == "predictor":
         preds = model.checkpoint.weights.predictors
+        if preds is None and cfg.ffn_act == "silu":
+            from pijax.sparsity.predictor_store import predictors_for
+
+            store = predictors_for(model)
+            preds = store.weights
+            if pred_threshold is None and sparsity is None:
+                pred_threshold = store.decision_thresholds
         if preds is None:
             raise ConfigError(
                 f"mode='predictor' needs predictors (blk.N.fc1/fc2); {model.checkpoint.gguf.path} has none"
             )
-        if pred_threshold is None:
+        if pred_threshold is None and sparsity is None:
             pred_threshold = float(model.checkpoint.weights.sparse_threshold)
     windows = None
-    if mode == "threshold" or (capacity_quantile is not None and capacities is None):
+    calibrate = mode == "threshold" or (mode == "predictor" and sparsity is not None and pred_threshold is None)
+    if calibrate or (capacity_quantile is not None and capacities is None):
         windows = _windows(model, corpus_path, seq_len, calibration_tokens)
     thresholds = None
     if mode == "threshold":
         from pijax.sparsity.thresholds import calibrate_thresholds
 
-        thresholds = calibrate_thresholds(model.module, windows, sparsity, progress=False)
+        target = 0.5 if sparsity is None else sparsity
+        thresholds = calibrate_thresholds(model.module, windows, target, criterion=criterion, progress=False)
+    elif calibrate:
+        from pijax.sparsity.oracle_predictors import calibrate_logit_thresholds
+
+        pred_threshold = list(calibrate_logit_thresholds(model.module, preds, windows, sparsity))
     if capacities is None and capacity_quantile is not None:
         counts = mask_counts(
             model.module,
@@ -138,8 +165,11 @@ def sparse_model(
         pred_threshold=pred_threshold,
         act_thresholds=thresholds,
         backend=chosen,
+        criterion=criterion,
     )
     log.info("sparse engine: mode %s on %s", mode, chosen)
+    if mode == "predictor" and pred_threshold is not None and not np.isscalar(pred_threshold):
+        thresholds = np.asarray(pred_threshold, np.float32)  # the calibrated predictor cut-offs
     return SparseSetup(module, mode, chosen, None if capacities is None else list(capacities), thresholds)
 
 

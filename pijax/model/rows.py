@@ -7,7 +7,8 @@ Selector modes (`Selector.mode`), per token:
 - "dense": every row.
 - "relu" / "oracle": the true activity act(gate, up) != 0, score |act| (exact zero-skip for ReLU-family models;
   "oracle" names it as the reference in tests, "relu" as the user's exact mode).
-- "threshold": |act| > `threshold` (SiLU models, CATS/TEAL style), score |act|.
+- "threshold": score > `threshold` (SiLU models), the score given by `criterion` (pijax.sparsity.criteria):
+  "oracle" |act|, "cats" |act(gate)|; "teal" zeroes the input channels |h_d| <= threshold and runs every row.
 - "predictor": the layer predictor's logit >= `threshold`, score = the logit (PowerInfer's path: the only one
   that saves up/gate work).
 Of the selected rows the `capacity` top-scoring are kept (None: all; static, so the step jits; the rule is
@@ -38,10 +39,12 @@ from pijax.config import FfnActivation
 from pijax.errors import ConfigError
 from pijax.kernels.formats import QuantRows, Weight, dequantize
 from pijax.kernels.ops import sparse_ffn
-from pijax.kernels.reference import down_project, rows_activation, select_rows, selection_mask
+from pijax.kernels.reference import down_project, ffn_activation, rows_activation, select_rows, selection_mask
 
 Mode = Literal["dense", "relu", "oracle", "threshold", "predictor"]
 MODES: tuple[str, ...] = ("dense", "relu", "oracle", "threshold", "predictor")
+Criterion = Literal["cats", "oracle", "teal"]
+CRITERIA: tuple[str, ...] = ("cats", "oracle", "teal")
 Backend = Literal["xla", "kernels"]
 BACKENDS: tuple[str, ...] = ("xla", "kernels")
 # On CPU, bytes of one matrix's rows per gathered chunk: small enough that a chunk of up, gate and down_t rows
@@ -63,10 +66,17 @@ class Selector:
     threshold: float = 0.0
     max_gather_rows: int | None = None
     skip_inactive: bool = True  # kernels: skip a selected ReLU row whose gate product is <= 0 (exact)
+    criterion: Criterion = "oracle"  # mode "threshold" only
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"FFN selector mode {self.mode!r} is not one of {MODES}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"sparsity criterion {self.criterion!r} is not one of {CRITERIA}")
+        if self.criterion != "oracle" and self.mode != "threshold":
+            raise ConfigError(f"criterion {self.criterion!r} applies to mode 'threshold', not {self.mode!r}")
+        if self.criterion == "teal" and self.capacity is not None:
+            raise ConfigError("criterion 'teal' skips input channels, not neurons: it takes no neuron capacity")
         if self.capacity is not None and self.capacity < 1:
             raise ConfigError(f"FFN capacity {self.capacity} must be >= 1")
 
@@ -98,12 +108,17 @@ def gathers(n_tokens: int, capacity: int, n_rows: int, max_gather_rows: int | No
 
 
 def score_active(
-    mode: Mode, act_nk: jax.Array | None, logits_nk: jax.Array | None, threshold: float
+    mode: Mode,
+    act_nk: jax.Array | None,
+    logits_nk: jax.Array | None,
+    threshold: float,
+    gate_act_nk: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """(score, active), both [N, K], of a non-dense selector."""
+    """(score, active), both [N, K], of a non-dense selector; `gate_act_nk` |act(gate)| scores instead of |act|
+    (criterion "cats")."""
     if mode == "predictor":
         return logits_nk, logits_nk >= threshold
-    mag = jnp.abs(act_nk)
+    mag = jnp.abs(act_nk if gate_act_nk is None else gate_act_nk)
     return mag, (mag > threshold) if mode == "threshold" else (act_nk != 0)
 
 
@@ -240,9 +255,15 @@ def block_ffn(
         )
         return y.astype(h_nd.dtype), n_sel
     up, gate, down = (_on_xla(w) for w in (up, gate, down))
-    if sel.mode == "dense":
+    teal = sel.mode == "threshold" and sel.criterion == "teal"
+    if teal:  # the input channels at or below the threshold are never read; every neuron runs
+        h_nd = jnp.where(jnp.abs(h_nd) > sel.threshold, h_nd, 0.0)
+    if sel.mode == "dense" or teal:
         return masked_down(rows_activation(h_nd, up, gate, kind), None, down), None
     act = None if sel.mode == "predictor" else rows_activation(h_nd, up, gate, kind)
-    score, active = score_active(sel.mode, act, logits_nk, sel.threshold)
+    gate_act = None
+    if sel.mode == "threshold" and sel.criterion == "cats" and gate is not None:
+        gate_act = ffn_activation(None, jnp.einsum("nd,kd->nk", h_nd, gate), kind)  # act(gate) alone
+    score, active = score_active(sel.mode, act, logits_nk, sel.threshold, gate_act)
     req = select(score, active, cap, gathers(h_nd.shape[0], cap, k, sel.max_gather_rows) and cap < k)
     return compute_request(h_nd, req, up, gate, down, kind, act), None

@@ -20,7 +20,7 @@ from pijax.config import ModelConfig
 from pijax.errors import ConfigError, DataError
 from pijax.io.weights import PredictorWeights
 from pijax.model.predictor import Predictor
-from pijax.model.rows import DENSE_SELECTOR, Backend, Selector
+from pijax.model.rows import DENSE_SELECTOR, Backend, Criterion, Selector
 
 MaskSource = Literal["oracle", "relu", "predictor", "threshold"]
 MASK_SOURCES: tuple[str, ...] = ("oracle", "relu", "predictor", "threshold")
@@ -49,6 +49,7 @@ def sparsify(
     act_thresholds: Sequence[float] | np.ndarray | None = None,
     max_gather_rows: int | None = None,
     backend: Backend | None = None,
+    criterion: Criterion = "oracle",
 ) -> None:
     """Make every FFN of a Model (or a bare Llama) select rows by `mode`, in place (see the module docstring).
 
@@ -98,6 +99,7 @@ def sparsify(
             threshold=float(thr[i]) if mode == "threshold" else float(pts[i]),
             max_gather_rows=max_gather_rows,
             skip_inactive=block.ffn.selector.skip_inactive,
+            criterion=criterion if mode == "threshold" else "oracle",
         )
         be = block.ffn.backend if backend is None else backend
         block.ffn.check(sel, be, pred)

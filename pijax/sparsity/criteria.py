@@ -17,7 +17,7 @@ Dimension legend: see `pijax.model.layers`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +25,7 @@ import jax.numpy as jnp
 from pijax.errors import ConfigError
 from pijax.kernels.reference import down_project, ffn_activation
 from pijax.model.ffn import FFN
-
-Criterion = Literal["cats", "oracle", "teal"]
-CRITERIA: tuple[str, ...] = ("cats", "oracle", "teal")
+from pijax.model.rows import CRITERIA, Criterion
 
 
 def check_criterion(criterion: str) -> Criterion:
