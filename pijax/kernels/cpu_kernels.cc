@@ -411,3 +411,5 @@ int pijax_hugepages(void* p, size_t n) {
 #include "cpu_bandwidth.inc"
 
 #include "cpu_fused.inc"
+
+#include "cpu_attention.inc"

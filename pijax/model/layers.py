@@ -25,6 +25,7 @@ from flax import nnx
 
 from pijax.config import ModelConfig
 from pijax.io.weights import LayerWeights
+from pijax.kernels.attention import decode_attention
 from pijax.kernels.ops import linear, linear3  # f32: the plain einsum or a kernel; other formats: the kernels
 
 LayerCache = dict[str, jax.Array]
@@ -143,13 +144,8 @@ class Attention(nnx.Module):
         q = q.reshape(b, t, kv, g, e)
         scale = 1.0 / np.sqrt(e)
         if t == 1 and cache is not None:
-            # One query against the head-major cache, as multiply-and-reduce fusions that read the updated cache
-            # where it lies. (As dots, XLA:CPU read the cache through a reshape that made it copy every donated
-            # cache buffer twice per step: an HLO with 240 copies on SmolLM2.)
-            scores = jnp.sum(q[:, 0, :, :, None, :] * k[:, :, None, :, :], axis=-1) * scale
-            scores = jnp.where((k_pos <= q_pos[0])[None, None, None, :], scores, -jnp.inf)
-            probs = jax.nn.softmax(scores, axis=-1)
-            out = jnp.sum(probs[..., None] * v[:, :, None, :, :], axis=-2).reshape(b, 1, h * e)
+            # One query against the head-major cache, read where it lies (the read per backend: decode_read).
+            out = decode_attention(q[:, 0], k, v, pos, scale).reshape(b, 1, h * e)
         else:
             scores = jnp.einsum("btkge,bkse->bkgts", q, k) * scale
             scores = jnp.where(k_pos[None, :] <= q_pos[:, None], scores, -jnp.inf)
