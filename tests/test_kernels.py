@@ -320,3 +320,17 @@ def test_three_products_in_one_call_equal_three_calls(fmt: str) -> None:
             np.testing.assert_array_equal(np.asarray(y), np.asarray(jax.jit(ops.linear)(x, w)))
     finally:
         ops.set_f32_kernel(old)
+
+
+@needs_kernels
+def test_a_one_device_program_takes_the_f32_kernel_beside_other_devices() -> None:
+    """The default f32 rule follows where the program runs, not how many devices jax sees: the single-device
+    engine's step (the tests see 8 virtual devices) runs its large f32 products on the kernel, as it does when
+    jax sees one device; a program not declared one-device keeps XLA's dot."""
+    assert jax.device_count() > 1 and ops.set_f32_kernel(None) is None
+    x, w = _rand((1, 512), 0), _rand((ops.F32_KERNEL_MIN_ELEMENTS // 512, 512), 1)
+    assert "pijax_rows_dot" not in jax.jit(lambda x, w: ops.linear(x, w)).lower(x, w).as_text()
+    with ops.one_device(True):
+        assert "pijax_rows_dot" in jax.jit(lambda x, w: ops.linear(x, w)).lower(x, w).as_text()
+    model = pijax.load_model(STORIES260K)
+    assert Engine(model.module)._one_device() is True

@@ -31,6 +31,7 @@ from flax import nnx
 from pijax.config import ModelConfig
 from pijax.engine.hybrid import HybridLlama, Stage
 from pijax.errors import DataError
+from pijax.kernels import ops
 from pijax.layout.devices import to_local, to_mesh
 from pijax.layout.memory import ResidentReport
 from pijax.model.generate import Engine, SamplingConfig, bucket, sample_logits
@@ -223,7 +224,12 @@ class HybridEngine(Engine):
     # ---- one pass through the stages -------------------------------------------------------------------------
     def _pass(self, variant: str, x, cache, pos, n_valid=None, key=None, sampling=None):
         """Run every stage on x (replicated on the accelerators); returns the final call's outputs, with the
-        per-stage caches joined into one list."""
+        per-stage caches joined into one list. With one accelerator every call is a one-device program, traced
+        (on first use) with the kernels' f32 rule told so, as the single-device engine's step."""
+        with ops.one_device(True if self.placement.n_accel == 1 else None):
+            return self._pass_stages(variant, x, cache, pos, n_valid, key, sampling)
+
+    def _pass_stages(self, variant: str, x, cache, pos, n_valid, key, sampling):
         cold, caches = self._zero_input(x.shape[0], x.shape[1]), []
         for s, (lo, hi) in enumerate(self.bounds):
             st, leaves = self.stages[s]

@@ -17,6 +17,9 @@ Dimension legend: see `pijax.model.layers`; M = tokens.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +39,7 @@ F32_KERNEL_MIN_ELEMENTS = 1 << 18
 _ACT_CODES = {"silu": 0, "relu": 1, "drelu": 2}
 _NO_SCALE = np.zeros((0,), np.float32)
 _f32_kernel: bool | None = None
+_one_device: bool | None = None
 
 
 def _data_scale(w: Weight) -> tuple[jax.Array, jax.Array]:
@@ -55,18 +59,36 @@ def kernel_ok(n_tokens: int, use_kernel: bool | None = None) -> bool:
 
 def set_f32_kernel(on: bool | None) -> bool | None:
     """Route f32 `linear` calls of few tokens to the C++ kernel always (True), never (False), or, by default
-    (None), for matrices of at least F32_KERNEL_MIN_ELEMENTS when jax sees a single device (a custom call cannot
-    be partitioned, so sharded layouts keep XLA's dot). Returns the old setting; takes effect for functions
+    (None), for matrices of at least F32_KERNEL_MIN_ELEMENTS in a one-device program (`one_device`; without it:
+    when jax sees a single device. A custom call cannot be partitioned, so sharded layouts keep XLA's dot). Returns the old setting; takes effect for functions
     traced afterwards."""
     global _f32_kernel
     old, _f32_kernel = _f32_kernel, on
     return old
 
 
+@contextlib.contextmanager
+def one_device(on: bool | None) -> Iterator[None]:
+    """Trace under this when the program's arrays all live on one device (True) or may be partitioned (False):
+    the default f32 rule then takes the kernel by that, not by how many devices jax sees. (A custom call cannot
+    be partitioned, but a one-device program beside other devices, as the bench's engines next to its virtual
+    host device, has nothing to partition; with XLA's dots there it ran two thread pools on the same cores.)"""
+    global _one_device
+    old, _one_device = _one_device, on
+    try:
+        yield
+    finally:
+        _one_device = old
+
+
+def _single_device() -> bool:
+    return jax.device_count() == 1 if _one_device is None else _one_device
+
+
 def _f32_via_kernel(w: jax.Array, f32_kernel: bool | None) -> bool:
     choice = _f32_kernel if f32_kernel is None else f32_kernel
     if choice is None:
-        return w.size >= F32_KERNEL_MIN_ELEMENTS and jax.device_count() == 1
+        return w.size >= F32_KERNEL_MIN_ELEMENTS and _single_device()
     return choice
 
 
@@ -106,7 +128,7 @@ def linear3(x: jax.Array, w0: Weight, w1: Weight, w2: Weight) -> tuple[jax.Array
     if w0.dtype == jnp.float32:
         choice = _f32_kernel
         total = sum(w.size for w in ws)
-        if not (choice if choice is not None else total >= F32_KERNEL_MIN_ELEMENTS and jax.device_count() == 1):
+        if not (choice if choice is not None else total >= F32_KERNEL_MIN_ELEMENTS and _single_device()):
             return linear(x, w0), linear(x, w1), linear(x, w2)
     shapes = tuple(jax.ShapeDtypeStruct((m, w.shape[0]), jnp.float32) for w in ws)
     ys = jax.ffi.ffi_call("pijax_rows_dot3", shapes, vmap_method="sequential")(

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from pijax.errors import ConfigError, DataError
+from pijax.kernels import ops
 from pijax.model.layers import KVCache, init_cache
 from pijax.model.llama import Llama
 
@@ -117,6 +118,13 @@ class Engine:
         self.leaves = tuple(self.leaves)
         self._compiled: dict[tuple[Any, ...], Any] = {}
 
+    def _one_device(self) -> bool | None:
+        """True when every weight lives on one and the same device (the kernels' f32 rule may then take the
+        kernel however many devices jax sees; see `pijax.kernels.ops.one_device`); None (the default rule) when
+        there are no weights here or some are placed elsewhere or sharded."""
+        devices = {d for a in self.leaves if isinstance(a, jax.Array) for d in a.sharding.device_set}
+        return True if len(devices) == 1 else None
+
     def _model(self, leaves: tuple[jax.Array, ...]) -> Llama:
         return nnx.merge(self.graphdef, jax.tree.unflatten(self.treedef, list(leaves)))
 
@@ -163,7 +171,8 @@ class Engine:
         sig = (name, static, *(a.shape for a in jax.tree.leaves(args[1:])))
         if sig not in self._compiled:
             jitted = jax.jit(functools.partial(fn, *static), donate_argnums=(1,) if name == "decode" else ())
-            self._compiled[sig] = jitted.lower(*args).compile()
+            with ops.one_device(self._one_device()):
+                self._compiled[sig] = jitted.lower(*args).compile()
         return self._compiled[sig]
 
     def check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
