@@ -10,9 +10,8 @@ The reads, all computing softmax(q k^T * scale) v over positions 0..pos in f32:
   cache update into a fresh buffer for it (8 cache-sized copies per layer per step on SmolLM2); it is the read
   for other backends (GPU), where a batched matvec is the library's own.
 
-The rule, from an interleaved A/B of the three reads against the old [B, S, K, E] layout
-(experiments/bench/micro/cache_layout.py, ms per step of all layers, S = 256, medians on a busy 2-core machine):
-see `decode_read`.
+The rule and the A/B behind it (the three reads against the old [B, S, K, E] layout,
+experiments/bench/micro/cache_layout.py): see `decode_read`.
 Dimension legend: see `pijax.model.layers`.
 """
 
@@ -32,9 +31,13 @@ def decode_read(n_kv: int, group: int, n_pos: int, head_dim: int) -> str:
     per KV head, on jax's default backend.
 
     - not CPU: "dot" (batched matvecs are the accelerator library's own; XLA:CPU's copies do not apply).
-    - CPU with the kernel library: "kernel" at every shape. A/B medians (old layout / reduce / kernel): SmolLM2
-      (3 x 3 heads, E 64, 30 layers) 3.9 / 3.3 / TBD ms; TinyLlama (4 x 8, E 64, 22 layers) 8.3 / 8.7 / TBD;
-      LLaMA-2-7B (32 x 1, E 128, 4 layers) 26 / 82 / TBD.
+    - CPU with the kernel library: "kernel" at every shape. A/B medians [minima], ms per step of all layers,
+      S = 256, old layout / kernel / reduce / dot, 15 interleaved rounds at load average 20 (2 cores; noisy, the
+      lead re-runs it quietly): SmolLM2 (3 x 3 heads, E 64, 30 layers) 7.5 [2.8] / 1.8 [1.4] / 2.8 [2.6] / 8.4
+      [3.7]; TinyLlama (4 x 8, E 64, 22 layers) 3.8 [3.4] / 2.6 [1.9] / 4.3 [4.0] / 4.4 [3.9]; LLaMA-2-7B
+      (32 x 1, E 128, 4 layers) 43 [20] / 16 [4.1] / 138 [116] / 137 [104]. A second run at load 27 kept the
+      order at every shape. The old layout's quiet figures (issue 14): 4.18 / 3.87 / 17.2 ms; reduce's 3.47 /
+      4.38 / 44.8.
     - CPU without it: "reduce", the only XLA read that leaves the cache un-copied.
     """
     del n_kv, group, n_pos, head_dim  # the A/B found one winner per backend at every shape measured
