@@ -72,9 +72,10 @@ def one_device(on: bool | None) -> Iterator[None]:
     """Trace under this when the program's arrays all live on one device (True) or may be partitioned (False):
     the default f32 rule then takes the kernel by that, not by how many devices jax sees. (A custom call cannot
     be partitioned, but a one-device program beside other devices, as the bench's engines next to its virtual
-    host device, has nothing to partition; with XLA's dots there it ran two thread pools on the same cores.)"""
+    host device, has nothing to partition; with XLA's dots there it ran two thread pools on the same cores.)
+    None leaves the enclosing setting as it is."""
     global _one_device
-    old, _one_device = _one_device, on
+    old, _one_device = _one_device, (_one_device if on is None else on)
     try:
         yield
     finally:
