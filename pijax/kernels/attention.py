@@ -36,7 +36,9 @@ def decode_read(n_kv: int, group: int, n_pos: int, head_dim: int) -> str:
       lead re-runs it quietly): SmolLM2 (3 x 3 heads, E 64, 30 layers) 7.5 [2.8] / 1.8 [1.4] / 2.8 [2.6] / 8.4
       [3.7]; TinyLlama (4 x 8, E 64, 22 layers) 3.8 [3.4] / 2.6 [1.9] / 4.3 [4.0] / 4.4 [3.9]; LLaMA-2-7B
       (32 x 1, E 128, 4 layers) 43 [20] / 16 [4.1] / 138 [116] / 137 [104]. A second run at load 27 kept the
-      order at every shape. The old layout's quiet figures (issue 14): 4.18 / 3.87 / 17.2 ms; reduce's 3.47 /
+      order at every shape, and so did S = 1024 (7 rounds, load 16; medians old / kernel / reduce / dot:
+      SmolLM2 52 / 17 / 28 / 176, TinyLlama 48 / 28 / 56 / 163, 7B 284 / 54 / 1320 / 448). The old layout's
+      quiet figures (issue 14): 4.18 / 3.87 / 17.2 ms; reduce's 3.47 /
       4.38 / 44.8.
     - CPU without it: "reduce", the only XLA read that leaves the cache un-copied.
     """

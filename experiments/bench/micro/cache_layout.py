@@ -3,11 +3,11 @@
 every layer, every step) against the head-major [B, K, S, E] cache read by each of pijax's decode reads
 (`pijax.kernels.attention`: "kernel", "reduce", "dot"), and the read `decode_read` picks for that shape.
 
-`PYTHONPATH=$PWD python experiments/bench/micro/cache_layout.py [ROUNDS]`: per shape, the median and minimum
+`PYTHONPATH=$PWD python experiments/bench/micro/cache_layout.py [ROUNDS] [S]`: per shape, the median and minimum
 ms per step of all layers, every read run once per round in turn (interleaved), and how many cache-sized buffers
 each compiled step writes besides the two in-place updates per layer ("extra": 0 means the cache is not
 copied). Shapes: SmolLM2 (3 KV heads x 3, E 64, 30 layers), LLaMA-2-7B (32 x 1, E 128, 4 layers), TinyLlama
-(4 x 8, E 64, 22 layers), at S = 256.
+(4 x 8, E 64, 22 layers), at S = 256 cache positions (or S).
 
 History: the quiet A/B of the old layout against "reduce" (issue 14, 30 rounds): SmolLM2 4.18 / 3.47 ms, TinyLlama
 3.87 / 4.38, 7B 17.2 / 44.8. The figures behind `decode_read` are in its docstring.
@@ -87,7 +87,9 @@ def make(read, B, K, G, S, E, L):
 
 if __name__ == "__main__":
     ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 40
+    n_pos = int(sys.argv[2]) if len(sys.argv) > 2 else 256
     for name, shape in SHAPES.items():
+        shape = (*shape[:3], n_pos, *shape[4:])
         reads = ["old", *READS]
         fs, extra = {}, {}
         for r in reads:
