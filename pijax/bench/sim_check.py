@@ -299,15 +299,21 @@ def simulate_hybrid(trace: Any, setup: Any, hw: Any, rb: dict[str, Any], dense_p
 
 
 def check_markdown(rows: Sequence[dict[str, Any]], limit: float = LIMIT) -> str:
-    """The README's table: per point, measured and predicted tok/s and the error; a summary line per model."""
+    """The README's table: per point, measured and predicted tok/s and the error (terms timed in the point's own
+    rounds), the error with the start-of-run calibration, the spread of the rounds (slowest / fastest: how noisy
+    the machine was) and the load average; a summary line per model."""
     lines = [
-        "| model | point | measured tok/s | predicted tok/s | error | load avg |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | point | measured tok/s | predicted tok/s | error | error, start-of-run terms | rounds spread | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        runs = [float(v) for v in str(r.get("decode_tok_s_all", "")).split()]
+        spread = f"{max(runs) / min(runs):.2f}x" if runs and min(runs) > 0 else "-"
+        start = r.get("error_start")
+        start_txt = "-" if start in (None, "") or math.isnan(float(start)) else f"{100 * float(start):+.0f}%"
         lines.append(
             f"| {r['model']} | {r['point']} | {float(r['measured_tok_s']):,.1f} | {float(r['predicted_tok_s']):,.1f} "
-            f"| {100 * float(r['error']):+.0f}% | {float(r['load_avg']):.1f} |"
+            f"| {100 * float(r['error']):+.0f}% | {start_txt} | {spread} | {float(r['load_avg']):.1f} |"
         )
     lines.append("")
     for model in dict.fromkeys(r["model"] for r in rows):
