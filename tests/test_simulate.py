@@ -122,4 +122,4 @@ def test_check_table_gives_each_points_error_and_the_share_within_25_percent():
     table = check_markdown(rows)
     assert "| m | dense | 100.0 | 120.0 | +20% | +50% | 1.50x | 1.0 |" in table  # rounds spread: 135 / 90
     assert "| m | hybrid:50% | 50.0 | 25.0 | -50% | - | - | 1.5 |" in table
-    assert "- m: 1/2 points within +-25%, max abs error 50%" in table
+    assert "- m: 1/2 points within +-25%, max abs error 50% (start-of-run terms: 0/1, max abs error 50%)" in table

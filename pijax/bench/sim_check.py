@@ -319,10 +319,17 @@ def check_markdown(rows: Sequence[dict[str, Any]], limit: float = LIMIT) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         errs = [float(r["error"]) for r in rows if r["model"] == model]
         ok = sum(abs(e) <= limit for e in errs)
-        lines.append(
+        line = (
             f"- {model}: {ok}/{len(errs)} points within +-{100 * limit:.0f}%, max abs error "
             f"{100 * max(abs(e) for e in errs):.0f}%"
         )
+        starts = [
+            float(r["error_start"]) for r in rows if r["model"] == model and r.get("error_start") not in (None, "")
+        ]
+        if starts:
+            line += f" (start-of-run terms: {sum(abs(e) <= limit for e in starts)}/{len(starts)}, max abs error "
+            line += f"{100 * max(abs(e) for e in starts):.0f}%)"
+        lines.append(line)
     return "\n".join(lines)
 
 
