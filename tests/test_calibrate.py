@@ -52,6 +52,7 @@ def test_smoke_calibration_writes_a_profile_the_hardware_config_loads(smoke_prof
         (lambda c: c.pop("call_us"), "call_us"),
         (lambda c: c.pop("hybrid_token_us"), "hybrid_token_us"),
         (lambda c: c.__setitem__("handover_us", -0.5), "handover_us"),
+        (lambda c: c.pop("cold_split_us"), "cold_split_us"),
         (lambda c: c.__setitem__("layer_us", -1.0), "layer_us"),
         (lambda c: c["gather_gbs"]["f32"].__setitem__("0.25", -3.0), "gather_gbs.f32.0.25"),
         (lambda c: c.pop("read_gbs"), "read_gbs"),
@@ -85,6 +86,7 @@ def _measured(shared_bus: bool):
         "hybrid_token_us": 50.0,
         "hybrid_layer_us": 3.0,
         "handover_us": 40.0,
+        "cold_split_us": 25.0,
         "transfer_latency_us": 5.0,
         "transfer_gbs": 10.0,
         "read_gbs": {"f32": 20.0},
@@ -124,6 +126,14 @@ def test_the_calibrated_formula_charges_calls_gathers_and_the_shared_bus(shared_
     g1 = 4 * b * share[1] / (np.interp(np.log(0.4), np.log([0.1, 1.0]), [5.0, 20.0]) * 1e9)
     layer0 = 3e-6 + share[0] * (g0 + c0 if shared_bus else max(g0, c0)) + split
     assert capped == pytest.approx(fixed + layer0 + 3e-6 + g1, rel=1e-9)
+    # a split layer with no hot rows runs no hot kernel: charged the all-cold hand-over (cold_split_us)
+    cold_only = simulate_seconds(
+        trace, [np.array([], np.int64), np.arange(10)], hw, bytes_per_neuron=b, transfer_bytes=xfer,
+        dense_bytes=dense,
+    )  # fmt: skip
+    c_all = 2 * b / (np.interp(np.log(2 / 10), np.log([0.1, 1.0]), [5.0, 20.0]) * 1e9)
+    layer0 = 3e-6 + c_all + 25e-6 + xfer / 10e9
+    assert cold_only == pytest.approx(fixed + layer0 + 3e-6 + 10 * b / 20e9, rel=1e-9)
 
 
 def test_dense_and_sparse_engines_are_charged_their_layers_and_bytes():

@@ -115,11 +115,11 @@ def test_check_table_gives_each_points_error_and_the_share_within_25_percent():
 
     rows = [
         {"model": "m", "point": "dense", "measured_tok_s": 100.0, "predicted_tok_s": 120.0, "error": 0.2,
-         "load_avg": 1.0},
+         "load_avg": 1.0, "error_start": 0.5, "decode_tok_s_all": "90.0 100.0 135.0"},
         {"model": "m", "point": "hybrid:50%", "measured_tok_s": 50.0, "predicted_tok_s": 25.0, "error": -0.5,
          "load_avg": 1.5},
     ]  # fmt: skip
     table = check_markdown(rows)
-    assert "| m | dense | 100.0 | 120.0 | +20% | 1.0 |" in table
-    assert "| m | hybrid:50% | 50.0 | 25.0 | -50% | 1.5 |" in table
-    assert "- m: 1/2 points within +-25%, max abs error 50%" in table
+    assert "| m | dense | 100.0 | 120.0 | +20% | +50% | 1.50x | 1.0 |" in table  # rounds spread: 135 / 90
+    assert "| m | hybrid:50% | 50.0 | 25.0 | -50% | - | - | 1.5 |" in table
+    assert "- m: 1/2 points within +-25%, max abs error 50% (start-of-run terms: 0/1, max abs error 50%)" in table

@@ -67,6 +67,7 @@ def test_multirun_of_3_policies_x_3_budgets_writes_results_csv_and_png(multirun)
         assert float(r["decode_tok_s"]) > 0 and float(r["prefill_tok_s"]) > 0 and float(r["mean_kl"]) >= 0
         assert 0 < float(r["recall"]) <= 1 and 0 < float(r["precision"]) <= 1  # the shipped predictors
         assert r["label"] == "real" and r["source"] == "predictor" and float(r["sim_cpu_decode_tok_s"]) > 0
+        assert float(r["sim_error"]) > -1  # the cost model's error is logged beside every point (issue 16)
     for policy in ("neuron_greedy", "uniform"):  # more budget: more hot rows resident, more activations on them
         mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: int(r["budget_bytes"]))
         assert [int(r["resident_bytes"]) for r in mine] == sorted(int(r["resident_bytes"]) for r in mine)

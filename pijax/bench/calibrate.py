@@ -12,7 +12,7 @@ The accelerator is jax's first device and the host its CPU device; on a CPU-only
 devices stand in (as `hardware=cpu1` does), and `shared_bus` is set, since both are the same memory. Methods:
 - call_us: median of a jitted call taking CALL_ARGS small arrays (about one layer's leaves), dispatched and
   waited for (charged for the overlap mode's extra call per split layer);
-- token_us, layer_us, sparse_layer_us, hybrid_token_us, hybrid_layer_us, handover_us: the fixed costs of the
+- token_us, layer_us, sparse_layer_us, hybrid_token_us, hybrid_layer_us, handover_us, cold_split_us: the fixed costs of the
   engines' decode steps, measured through the engines on tiny random models (pijax.bench.calibrate_engine);
   `engine_calls` records the calls and device_puts counted there (pijax.index.cost_model.ENGINE_CALLS);
 - transfer: device_put accelerator -> host -> accelerator of a 1 KiB and a large array: latency from the small
@@ -23,6 +23,9 @@ devices stand in (as `hardware=cpu1` does), and `shared_bus` is set, since both 
   skip_inactive off) with `fraction` of the neurons selected at random positions (SUBSETS different selections
   in turn, so that a small one is not served from cache), bytes of the selected up,
   gate and down_t rows / median time; xla_gather_gbs: f32 rows taken with jnp.take and multiplied by XLA.
+  The bandwidth probes are timed in turn, round after round (as the engine terms are), so that a change in the
+  machine's load weighs on all of them alike; `WindowProbes` keeps one format's probes ready for a check that
+  times them in the same rounds as the runs it predicts.
 Smoke mode uses matrices small enough to sit in cache and few repeats (seconds): its figures are for tests only,
 and the profile says so (`smoke: true`).
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import os
 import platform
@@ -153,8 +157,25 @@ def _weights(n: int, d: int, device: Any) -> dict[str, Any]:
     return out
 
 
-def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -> dict[str, Any]:
-    """read_gbs, gather_gbs (and the xla_* comparisons) on `device` (module docstring)."""
+def _probe(fn: Callable[[], Any]) -> Callable[[], float]:
+    """A probe: fn compiled and warmed now; each call runs it once, waited for, and returns its seconds."""
+    import jax
+
+    jax.block_until_ready(fn())
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        return time.perf_counter() - t0
+
+    return run
+
+
+def bandwidth_probes(
+    device: Any, size: dict[str, Any], formats: tuple[str, ...] = FORMATS, *, xla: bool = True
+) -> dict[str, tuple[Callable[[], float], float]]:
+    """name -> (probe, bytes it reads) for read_gbs ("read:<fmt>"), gather_gbs ("gather:<fmt>:<fraction>") and,
+    with `xla`, their XLA comparisons, on `device` (module docstring)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -162,28 +183,26 @@ def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -
     from pijax.kernels.formats import dequantize, nbytes, row_bytes
     from pijax.kernels.ops import linear, sparse_ffn
 
-    n, d, reps = size["n"], size["d"], size["reps"]
-    weights = _weights(n, d, device)
+    n, d = size["n"], size["d"]
+    weights = {f: w for f, w in _weights(n, d, device).items() if f in formats}
     x = jax.device_put(jnp.full((1, d), 0.5, jnp.float32), device)
     rng = np.random.default_rng(1)
-    out: dict[str, Any] = {"read_gbs": {}, "gather_gbs": {}, "xla_read_gbs": {}, "xla_gather_gbs": {}}
+    lin = jax.jit(lambda x, w: linear(x, w))
+    dot = jax.jit(lambda x, w: jnp.einsum("md,nd->mn", x, dequantize(w)))
+    ffn = jax.jit(
+        lambda x, lg, u, g, dn: sparse_ffn(x, lg, u, g, dn, kind="relu", threshold=0.0, skip_inactive=False)[0]
+    )
+    out: dict[str, tuple[Callable[[], float], float]] = {}
     for fmt, (up, gate, down) in weights.items():
-        lin = jax.jit(lambda x, w: linear(x, w))
-        out["read_gbs"][fmt] = nbytes(up) / _median_seconds(lambda: lin(x, up), reps) / 1e9  # noqa: B023
+        out[f"read:{fmt}"] = (_probe(functools.partial(lin, x, up)), nbytes(up))
         if xla:
-            dot = jax.jit(lambda x, w: jnp.einsum("md,nd->mn", x, dequantize(w)))
-            out["xla_read_gbs"][fmt] = nbytes(up) / _median_seconds(lambda: dot(x, up), reps) / 1e9  # noqa: B023
-        ffn = jax.jit(
-            lambda x, lg, u, g, dn: sparse_ffn(x, lg, u, g, dn, kind="relu", threshold=0.0, skip_inactive=False)[0]
-        )
-        table = {}
+            out[f"xla_read:{fmt}"] = (_probe(functools.partial(dot, x, up)), nbytes(up))
         for frac in size["fractions"]:
             k = max(1, round(frac * n))
             cycle = _cycle([jax.device_put(_selection(rng, n, k), device) for _ in range(SUBSETS)])
-            t = _median_seconds(lambda: ffn(x, next(cycle), up, gate, down), reps)  # noqa: B023
-            table[float(frac)] = 3 * k * row_bytes(up) / t / 1e9
-        out["gather_gbs"][fmt] = table
-    if xla:
+            run = _probe(lambda c=cycle, u=up, g=gate, dn=down: ffn(x, next(c), u, g, dn))
+            out[f"gather:{fmt}:{float(frac)}"] = (run, 3 * k * row_bytes(up))
+    if xla and "f32" in weights:
         up, gate, down = weights["f32"]
 
         @jax.jit
@@ -197,9 +216,62 @@ def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -
             k = max(1, round(frac * n))
             ids = [np.sort(rng.permutation(n)[:k]).astype(np.int32) for _ in range(SUBSETS)]
             cycle = _cycle([jax.device_put(i, device) for i in ids])
-            t = _median_seconds(lambda: take(x, next(cycle), up, gate, down), reps)  # noqa: B023
-            out["xla_gather_gbs"][float(frac)] = 3 * k * 4 * d / t / 1e9
+            run = _probe(lambda c=cycle: take(x, next(c), up, gate, down))
+            out[f"xla_gather:{float(frac)}"] = (run, 3 * k * 4 * d)
     return out
+
+
+def bandwidth_terms(times: dict[str, float], probes: dict[str, tuple[Any, float]]) -> dict[str, Any]:
+    """read_gbs, gather_gbs, xla_read_gbs, xla_gather_gbs from the probes' median seconds."""
+    out: dict[str, Any] = {"read_gbs": {}, "gather_gbs": {}, "xla_read_gbs": {}, "xla_gather_gbs": {}}
+    for name, (_, nbytes) in probes.items():
+        kind, *key = name.split(":")
+        gbs = nbytes / times[name] / 1e9
+        if kind in ("read", "xla_read"):
+            out[f"{kind}_gbs"][key[0]] = gbs
+        elif kind == "gather":
+            out["gather_gbs"].setdefault(key[0], {})[float(key[1])] = gbs
+        else:
+            out["xla_gather_gbs"][float(key[0])] = gbs
+    return out
+
+
+def measure_bandwidths(device: Any, size: dict[str, Any], *, xla: bool = True) -> dict[str, Any]:
+    """read_gbs, gather_gbs (and the xla_* comparisons) on `device` (module docstring): every probe timed in turn,
+    round after round, `reps` rounds, so that a change in load weighs on all alike; medians."""
+    from pijax.bench.calibrate_engine import _interleaved
+
+    probes = bandwidth_probes(device, size, xla=xla)
+    times = _interleaved({k: run for k, (run, _) in probes.items()}, size["reps"])
+    out = bandwidth_terms(times, probes)
+    return out if xla else {k: v for k, v in out.items() if not k.startswith("xla")}
+
+
+class WindowProbes:
+    """The probes of one weight format's terms (the engine steppers, read and gather bandwidth), kept ready so
+    that a check times them in the same rounds as the engine it predicts: on a shared machine the load changes
+    from minute to minute, and terms measured before a run are not those the run met (pijax.bench.sim_check)."""
+
+    def __init__(self, placement: Any, size: dict[str, Any], fmt: str = "f32"):
+        from pijax.bench.calibrate_engine import engine_steppers
+
+        self.size, self.fmt = size, fmt
+        self.steppers, self.modules = engine_steppers(placement, size)
+        self.bandwidth = bandwidth_probes(placement.accelerators[0], size, (fmt,), xla=False)
+
+    def probes(self) -> dict[str, Callable[[], float]]:
+        return self.steppers | {k: run for k, (run, _) in self.bandwidth.items()}
+
+    def cost(self, times: dict[str, float], base: dict[str, Any]) -> dict[str, Any]:
+        """`base` (a calibration's cost block) with this format's terms replaced by those of `times`."""
+        from pijax.bench.calibrate_engine import engine_terms
+
+        bw = bandwidth_terms(times, self.bandwidth)
+        cost = dict(base)
+        cost["read_gbs"] = dict(base["read_gbs"]) | bw["read_gbs"]
+        cost["gather_gbs"] = dict(base["gather_gbs"]) | bw["gather_gbs"]
+        read = bw["read_gbs"][self.fmt]
+        return cost | engine_terms(times, self.modules, self.size["layers_engine"], read)
 
 
 def calibrate(*, smoke: bool = False) -> dict[str, Any]:

@@ -9,12 +9,17 @@ transfers). `measure_engine_terms(placement, size, read_gbs)` returns, in micros
   (the L-layer sparse step - token_us) / L;
 - hybrid_token_us / hybrid_layer_us: the same two terms for the HybridEngine with every layer hot (its token loop
   with the host's embedding round trip, and an all-hot layer), from a 1-layer and an L-layer all-hot model;
-- handover_us: what each split layer adds (the engine's round trip accelerator -> host -> accelerator with its
-  calls and device_puts): (the L-layer all-split step - the L-layer all-hot step) / L.
+- handover_us: what each split layer with hot rows adds (the engine's round trip accelerator -> host ->
+  accelerator with its calls and device_puts): (the L-layer half-hot / half-cold step - the L-layer all-hot step) / L;
+- cold_split_us: the same for a split layer with NO hot rows (every row on the host, as a small budget gives):
+  its stage call has no hot kernel, so it costs less than a half-hot one: (the L-layer all-cold step - the
+  L-layer all-hot step) / L.
 Every step time is the median over `engine_repeats` runs of `engine_tokens` decode steps driven as the engine's
-token loop drives them, the six engines timed in turn round after round (so that the machine's load weighs on
-all alike), minus the tiny model's weight bytes at the measured read bandwidth. The hybrid models use the predictor source with random predictors, on the backends
-`pijax.engine.pipeline` picks (the kernels on CPU).
+token loop drives them, the seven engines timed in turn round after round (so that the machine's load weighs on
+all alike), minus the tiny model's weight bytes at the measured read bandwidth. The hybrid models use the
+predictor source with random predictors, on the backends `pijax.engine.pipeline` picks (the kernels on CPU).
+`engine_steppers` and `engine_terms` split the same measurement so that a check (pijax.bench.sim_check) can time
+the steppers in the same rounds as the engine it predicts.
 """
 
 from __future__ import annotations
@@ -140,16 +145,21 @@ def _stepper(engine: Any, n_steps: int) -> Any:
     return run
 
 
-def _interleaved(steppers: dict[str, Any], rounds: int) -> dict[str, float]:
-    """Median seconds per step of each stepper, timed in turn round after round, so that a change in the
-    machine's load weighs on all of them alike (their differences are the terms)."""
-    import statistics
-
+def interleaved_runs(steppers: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Every stepper's seconds, timed in turn round after round, so that a change in the machine's load weighs on
+    all of them alike (their differences are the terms)."""
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for _ in range(rounds):
         for k, run in steppers.items():
             times[k].append(run())
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def _interleaved(steppers: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Median seconds of each stepper over `interleaved_runs`."""
+    import statistics
+
+    return {k: statistics.median(v) for k, v in interleaved_runs(steppers, rounds).items()}
 
 
 def _weight_seconds(module: Any, read_gbs: float) -> float:
@@ -175,14 +185,15 @@ def _sparse(llama: Any) -> Any:
     return module
 
 
-def _hybrid(llama: Any, placement: Any, hot: bool) -> Any:
-    """The tiny model as a HybridEngine: every layer all hot, or every layer split half hot / half cold."""
+def _hybrid(llama: Any, placement: Any, hot: bool | None) -> Any:
+    """The tiny model as a HybridEngine: every layer all hot (True), split half hot / half cold (False) or all
+    cold (None)."""
     from pijax.engine.hybrid import build_hybrid
     from pijax.engine.hybrid_engine import HybridEngine
     from pijax.engine.setup import setup_engine
 
     cfg = llama.cfg
-    n_hot = cfg.n_ff if hot else cfg.n_ff // 2
+    n_hot = {True: cfg.n_ff, False: cfg.n_ff // 2, None: 0}[hot]
     kernels = setup_engine("auto", "cpu", "calibration host FFN") == "kernels"
     hybrid = build_hybrid(
         llama,
@@ -191,7 +202,7 @@ def _hybrid(llama: Any, placement: Any, hot: bool) -> Any:
         source="predictor",
         predictors=_predictors(cfg.n_layer),
         pred_threshold=0.0,
-        hot_capacities=max(n_hot // 2, 1),  # capped, as pijax.layout.capacity always caps the engines' gathers
+        hot_capacities=n_hot // 2 or None,  # capped, as pijax.layout.capacity always caps the engines' gathers
         cold_capacities=max((cfg.n_ff - n_hot) // 2, 1),
         hot_kernels=kernels and placement.platform == "cpu",
         cold_kernels=kernels,
@@ -256,8 +267,8 @@ def count_engine_calls(placement: Any, n_layer: int = 2) -> Any:
     )
 
 
-def measure_engine_terms(placement: Any, size: dict[str, Any], read_gbs: float) -> dict[str, float]:
-    """The engine terms of the module docstring, in microseconds (each floored at 0)."""
+def engine_steppers(placement: Any, size: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The seven timed tiny engines (name -> run(): seconds per step) and each one's module (for its bytes)."""
     import jax
 
     from pijax.model.generate import Engine
@@ -271,9 +282,14 @@ def measure_engine_terms(placement: Any, size: dict[str, Any], read_gbs: float) 
     steppers["h1"] = _stepper(_hybrid(one, placement, hot=True), steps)
     steppers["hn"] = _stepper(_hybrid(many, placement, hot=True), steps)
     steppers["split"] = _stepper(_hybrid(many, placement, hot=False), steps)
-    t = _interleaved(steppers, size["engine_repeats"])
-    weights = {"d1": one, "dn": many, "sn": sparse, "h1": one, "hn": many, "split": many}
-    t = {k: v - _weight_seconds(weights[k], read_gbs) for k, v in t.items()}
+    steppers["cold"] = _stepper(_hybrid(many, placement, hot=None), steps)
+    weights = {"d1": one, "dn": many, "sn": sparse, "h1": one, "hn": many, "split": many, "cold": many}
+    return steppers, weights
+
+
+def engine_terms(times: dict[str, float], weights: dict[str, Any], n: int, read_gbs: float) -> dict[str, float]:
+    """The terms of the module docstring (microseconds, each floored at 0) from the steppers' median seconds."""
+    t = {k: times[k] - _weight_seconds(weights[k], read_gbs) for k in weights}
     layer = max(t["dn"] - t["d1"], 0.0) / (n - 1)
     token = max(t["d1"] - layer, 0.0)
     hybrid_layer = max(t["hn"] - t["h1"], 0.0) / (n - 1)
@@ -284,4 +300,12 @@ def measure_engine_terms(placement: Any, size: dict[str, Any], read_gbs: float) 
         "hybrid_token_us": max(t["h1"] - hybrid_layer, 0.0) * 1e6,
         "hybrid_layer_us": hybrid_layer * 1e6,
         "handover_us": max(t["split"] - t["hn"], 0.0) / n * 1e6,
+        "cold_split_us": max(t["cold"] - t["hn"], 0.0) / n * 1e6,
     }
+
+
+def measure_engine_terms(placement: Any, size: dict[str, Any], read_gbs: float) -> dict[str, float]:
+    """The engine terms of the module docstring, in microseconds (each floored at 0)."""
+    steppers, weights = engine_steppers(placement, size)
+    times = _interleaved(steppers, size["engine_repeats"])
+    return engine_terms(times, weights, size["layers_engine"], read_gbs)

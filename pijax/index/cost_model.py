@@ -21,6 +21,7 @@ hybrid engine really does per token on the machine measured (all terms from the 
     G_l    = bytes_per_neuron x share_l x hot_l  / gather_gbs[fmt](hot_l / |hot set_l|)         gathered hot rows
     C_l    = bytes_per_neuron x share_l x cold_l / host gather_gbs[fmt](cold_l / |cold set_l|)  gathered cold rows
     S_l    = handover_us + overlap x call_us + transfer_bytes / transfer_gbs       only for a split layer
+             (cold_split_us instead of handover_us for a split layer with no hot rows: no hot kernel runs)
     t      = hybrid_token_us + dense_bytes / read_gbs[fmt] + sum_l ( hybrid_layer_us + (G_l (+) C_l) + S_l )
 where (+) is + when the profile's accelerator and host are one memory bus (a CPU standing in for both) and max
 otherwise; hot_l / cold_l are the rows the engine computes (a traced token's predicted-active rows, capped at the
@@ -110,8 +111,9 @@ def measured_ffn_seconds(
     g = gathered_seconds(terms, hot_rows, hot_size, **kw)
     c = gathered_seconds(terms, cold_rows, cold_size, host=True, **kw)
     ffn = g + c if terms.shared_bus else np.maximum(g, c)
-    hand_over = (terms.handover_us + (terms.call_us if overlap else 0.0)) * 1e-6
-    hand_over += transfer_bytes / (terms.transfer_gbs * 1e9)
+    has_hot = np.asarray(hot_size) > 0
+    hand_over = np.where(has_hot, terms.handover_us + (terms.call_us if overlap else 0.0), terms.cold_split_us)
+    hand_over = hand_over * 1e-6 + transfer_bytes / (terms.transfer_gbs * 1e9)
     split = np.asarray(cold_size) > 0
     return terms.hybrid_layer_us * 1e-6 + ffn + hand_over * split
 

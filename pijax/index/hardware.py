@@ -29,6 +29,7 @@ SCALAR_TERMS = (
     "hybrid_token_us",
     "hybrid_layer_us",
     "handover_us",
+    "cold_split_us",
     "transfer_latency_us",
     "transfer_gbs",
 )
@@ -47,6 +48,7 @@ class MeasuredTerms:
     trip) and an all-hot layer's fixed cost;
     handover_us: what one split layer adds in the HybridEngine: its round trip accelerator -> host -> accelerator
     (the calls and device_puts `pijax.index.cost_model.ENGINE_CALLS` counts), chained as the engine runs it;
+    cold_split_us: the same for a split layer with no hot rows (its stage call runs no hot kernel);
     transfer_latency_us / transfer_gbs: one device_put between the accelerator and the host device;
     read_gbs[fmt]: streaming read bandwidth of a dense matvec over rows of that format (pijax.kernels.ops.linear);
     gather_gbs[fmt][fraction]: bandwidth of gathered rows (up, gate, down_t of the selected neurons,
@@ -67,6 +69,7 @@ class MeasuredTerms:
     hybrid_token_us: float
     hybrid_layer_us: float
     handover_us: float
+    cold_split_us: float
     transfer_latency_us: float
     transfer_gbs: float
     read_gbs: dict[str, float]
