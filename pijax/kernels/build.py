@@ -24,7 +24,8 @@ import jax
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 INCLUDES = tuple(
-    SOURCE.with_name(n) for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_quant.inc", "cpu_bandwidth.inc", "cpu_fused.inc")
+    SOURCE.with_name(n)
+    for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_quant.inc", "cpu_bandwidth.inc", "cpu_fused.inc", "cpu_cats.inc")
 )
 TARGETS = {
     "pijax_rows_dot": "PijaxRowsDot",
@@ -32,6 +33,8 @@ TARGETS = {
     "pijax_rows_dot3": "PijaxRowsDot3",
     "pijax_qrows_dot": "PijaxQRowsDot",
     "pijax_qsparse_ffn": "PijaxQSparseFfn",
+    "pijax_cats_ffn": "PijaxCatsFfn",
+    "pijax_qcats_ffn": "PijaxQCatsFfn",
 }
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
 
