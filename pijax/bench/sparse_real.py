@@ -89,18 +89,14 @@ def sparse_module(model_f32: Any, spec: SparseSpec, cutoffs: np.ndarray) -> Any:
     """The f32 model under `spec` with the given cut-offs (for the fidelity line; shares model_f32's weights)."""
     if spec.mode == "predictor":
         return model_f32.sparse("predictor", pred_threshold=[float(c) for c in cutoffs])
+    from flax import nnx
+
     from pijax.api import Model
     from pijax.model.sparse_ffn import sparsify
 
-    out = Model(model_f32.checkpoint, model_f32.tokenizer, _clone(model_f32.module))
+    out = Model(model_f32.checkpoint, model_f32.tokenizer, nnx.clone(model_f32.module))
     sparsify(out, mode="threshold", act_thresholds=cutoffs, criterion="cats")
     return out
-
-
-def _clone(module: Any) -> Any:
-    from flax import nnx
-
-    return nnx.clone(module)
 
 
 def sparse_engine(path: Path, dtype: str, spec: SparseSpec, cutoffs: np.ndarray) -> Any:
