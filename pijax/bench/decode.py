@@ -389,19 +389,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hardware", default="auto", choices=("auto", "cpu", "gpu"), help="accelerators of the hybrid")
     ap.add_argument("--out", type=Path, default=Path("experiments/bench"))
     ap.add_argument("--model", default="", help="a real model (registry name or GGUF): its targets, paired run by run")
-    ap.add_argument("--targets", default="R1", help="with --model: which of R1,R2,R3 (pijax.bench.decode_real)")
+    ap.add_argument(
+        "--targets",
+        default="R1",
+        help="with --model: names of pijax.bench.decode_real.REAL_TARGETS, or dense/sparse/all",
+    )
+    ap.add_argument("--fidelity-windows", type=int, default=16, help="held-out windows behind each sparse target's ppl")
     ap.add_argument("--powerinfer-bin", default="", help="a user-built PowerInfer main, timed on the same files")
     ap.add_argument("--powerinfer-args", default="", help="extra arguments for PowerInfer's main (space-separated)")
     a = ap.parse_args(argv)
     from pijax.layout.config import HardwareConfig
 
     if a.model:
-        from pijax.bench.decode_real import RealBenchConfig, run_real
+        from pijax.bench.decode_real import RealBenchConfig, expand_targets, run_real
 
         try:
             rc = RealBenchConfig(
                 model=a.model,
-                targets=tuple(a.targets.split(",")),
+                targets=expand_targets(a.targets),
+                fidelity_windows=a.fidelity_windows,
                 n_prompt=a.n_prompt or RealBenchConfig().n_prompt,
                 n_new=a.n_new,
                 repeats=a.repeats,

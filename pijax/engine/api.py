@@ -95,12 +95,16 @@ def sparse_model(
     (pijax.sparsity.predictor_store: shipped, cached, or trained on first use; without `sparsity`, their
     training thresholds). capacity_quantile / capacities: a static cap
     on rows per token (calibrated on the corpus' training split, or given per layer); None: no cap (the result
-    is then exact for "relu" and "oracle"). backend: "auto", "kernels" or "xla"; the kernels run "predictor"
-    and "relu" (threshold and a capped oracle need the dense activations, so they run on XLA)."""
+    is then exact for "relu" and "oracle"). backend: "auto", "kernels" or "xla"; the kernels run "predictor",
+    "relu" and uncapped "threshold" with criterion "cats" (the other thresholds and a capped oracle need the
+    dense activations, so they run on XLA)."""
     cfg = model.config
     check_mode(mode, cfg.ffn_act)
     chosen = setup_engine(backend)
-    if mode in ("threshold", "oracle") and chosen == "kernels":
+    # The kernels select by predictor logit or by the CATS cut-off (pijax.kernels.cats); other thresholds and the
+    # oracle need act(gate, up) of every row first.
+    cats = mode == "threshold" and criterion == "cats" and capacity_quantile is None and capacities is None
+    if mode in ("threshold", "oracle") and not cats and chosen == "kernels":
         if backend == "kernels":
             raise ConfigError(f"mode={mode!r} needs the dense activations, which the kernels do not compute: use xla")
         chosen = "xla"

@@ -32,6 +32,7 @@ INCLUDES = tuple(
         "cpu_bandwidth.inc",
         "cpu_fused.inc",
         "cpu_attention.inc",
+        "cpu_cats.inc",
     )
 )
 TARGETS = {
@@ -41,6 +42,8 @@ TARGETS = {
     "pijax_qrows_dot": "PijaxQRowsDot",
     "pijax_qsparse_ffn": "PijaxQSparseFfn",
     "pijax_decode_attention": "PijaxDecodeAttention",
+    "pijax_cats_ffn": "PijaxCatsFfn",
+    "pijax_qcats_ffn": "PijaxQCatsFfn",
 }
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
 

@@ -163,6 +163,7 @@ struct FfnArgs {
   const float *s_up, *s_gate, *s_down;  // per-row scales (int8) or null
   int32_t act;
   bool skip;  // skip rows whose output is exactly zero (ReLU kinds); false: read every selected row in full
+  const float* g = nullptr;  // this token's gate products of every row, precomputed (cpu_cats.inc); null: read gate
 };
 
 // The "first" product decides for ReLU kinds whether a row contributes at all: gate, or up without a gate.
@@ -176,7 +177,7 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
   const void* first = has_gate ? a.gate : a.up;
   const float* s_first = has_gate ? a.s_gate : a.s_up;
   const bool skip_first = a.skip && a.act != kSilu;
-  const bool fused = has_gate && !skip_first;
+  const bool fused = has_gate && !skip_first && a.g == nullptr;
   float v1[B], v2[B], coef[B];
   int32_t keep[B], live[B];
   for (int64_t b0 = 0; b0 < n_rows; b0 += B) {
@@ -210,6 +211,8 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
         v1[j] = o[0];
         v2[j] = o[1];
       }
+    } else if (a.g != nullptr) {
+      for (; j < nb; ++j) v1[j] = a.g[rb[j]];
     } else {
       for (; j + K <= nb; j += K) {
         const void* p[K];
@@ -224,7 +227,7 @@ void ffn_rows(const FfnArgs& a, const int32_t* rows, int64_t n_rows, float* acc)
     }
     int nk = 0;  // compaction keeps v2 aligned when fused: nothing is dropped then
     for (int64_t q = 0; q < nb; ++q) {
-      if (s_first) v1[q] *= s_first[rb[q]];
+      if (s_first && a.g == nullptr) v1[q] *= s_first[rb[q]];
       if (!skip_first || v1[q] > 0.0f) {
         v1[nk] = v1[q];
         keep[nk++] = rb[q];
@@ -413,3 +416,5 @@ int pijax_hugepages(void* p, size_t n) {
 #include "cpu_fused.inc"
 
 #include "cpu_attention.inc"
+
+#include "cpu_cats.inc"

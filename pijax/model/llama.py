@@ -14,6 +14,7 @@ from flax import nnx
 
 from pijax.config import ModelConfig
 from pijax.io.weights import LayerWeights, LlamaWeights
+from pijax.kernels.formats import nbytes
 from pijax.kernels.ops import linear
 from pijax.model.ffn import FFN
 from pijax.model.layers import Attention, KVCache, LayerCache, RMSNorm, param, rope_angles
@@ -128,8 +129,8 @@ class Llama(nnx.Module):
         total = 0
         for path, var in nnx.to_flat_state(nnx.state(self, nnx.Param)):
             arr = var[...]
-            n = arr.shape[-1] if path[-1] == "token_embd_vd" else arr.size
-            total += int(n) * np.dtype(arr.dtype).itemsize
+            # block formats and int8 rows by their stored bytes (a Q4_1 weight is 0.625 bytes, not its uint8 size)
+            total += arr.shape[-1] * np.dtype(arr.dtype).itemsize if path[-1] == "token_embd_vd" else nbytes(arr)
         if self.w_out_vd is None:  # tied head: the table is read in full as the output matrix
             arr = self.token_embd_vd[...]
             total += (arr.size - arr.shape[-1]) * np.dtype(arr.dtype).itemsize

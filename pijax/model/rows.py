@@ -21,8 +21,9 @@ Backends:
   cache. Past that (prefill, an uncapped block) it computes the masked dense product with the same selection.
 - "kernels": pijax's C++ CPU kernels (pijax.kernels.ops.sparse_ffn; rows read in place, any weight format). They
   run "dense", "predictor" and uncapped "relu" (the kernel's dense path with inactive ReLU rows skipped, which is
-  exact); `kernels_run` says whether a selector fits. Above MAX_KERNEL_TOKENS tokens the kernels' pure-JAX
-  reference runs instead.
+  exact), and uncapped "threshold" with criterion "cats" (pijax.kernels.cats: the gate read in full, up and down_t
+  only for the kept rows); `kernels_run` says whether a selector fits. Above MAX_KERNEL_TOKENS tokens the
+  kernels' pure-JAX reference runs instead.
 Dimension legend: see `pijax.model.layers`; here N = tokens, K = rows of the block, U = gathered rows.
 """
 
@@ -37,8 +38,9 @@ import jax.numpy as jnp
 
 from pijax.config import FfnActivation
 from pijax.errors import ConfigError
+from pijax.kernels.cats import cats_ffn
 from pijax.kernels.formats import QuantRows, Weight, dequantize
-from pijax.kernels.ops import sparse_ffn
+from pijax.kernels.ops import kernel_ok, sparse_ffn
 from pijax.kernels.reference import down_project, ffn_activation, rows_activation, select_rows, selection_mask
 
 Mode = Literal["dense", "relu", "oracle", "threshold", "predictor"]
@@ -95,9 +97,12 @@ def check_backend(backend: str) -> Backend:
 
 
 def kernels_run(sel: Selector, n_rows: int) -> bool:
-    """Whether the C++ kernels compute this selection (they rank by predictor logit only, and never see act)."""
+    """Whether the C++ kernels compute this selection: they rank by predictor logit, or keep every row passing the
+    CATS cut-off (uncapped), and never see act(gate, up) before selecting."""
     if sel.mode in ("dense", "predictor"):
         return True
+    if sel.mode == "threshold":
+        return sel.criterion == "cats" and sel.cap(n_rows) >= n_rows
     return sel.mode == "relu" and sel.cap(n_rows) >= n_rows
 
 
@@ -240,6 +245,12 @@ def block_ffn(
     if backend == "kernels":
         if not kernels_run(sel, k):
             raise ConfigError(f"the kernels do not run selector {sel.mode!r} with capacity {cap} of {k} rows")
+        if sel.mode == "threshold":
+            if gate is None:
+                raise ConfigError("criterion 'cats' thresholds act(gate): this FFN has no gate")
+            kernel = kernel_ok(h_nd.shape[0], use_kernel)
+            y, n_sel = cats_ffn(h_nd, up, gate, down, kind=kind, threshold=sel.threshold, kernel=kernel)
+            return y.astype(h_nd.dtype), n_sel
         logits = logits_nk if sel.mode == "predictor" else None
         y, n_sel = sparse_ffn(
             h_nd,
