@@ -146,7 +146,7 @@ def test_stories_decode_on_the_kernels_equals_the_reference_forward(dtype: str, 
     block = model.module.layers[0]
     assert block.ffn.w_down_df is not None and block.ffn.selector.mode == "dense"  # llama.cpp's products
     assert block.attn.w_q_nd[...].kind == dtype
-    full = np.asarray(model.engine.logits(ids))  # more than 8 tokens: the XLA reference
+    full = np.asarray(model.engine.logits(ids))  # more than 8 tokens: the multi-token kernels
     steps = _decode_logits(model, ids, 4)  # one token per call: the C++ kernels
     # a last-bit difference in a layer's input can flip one rounding of its 8-bit quantization: allow a few
     # of those (each moves a logit by about a quantization step), far below the format's own error

@@ -24,16 +24,19 @@ import jax
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 INCLUDES = tuple(
-    SOURCE.with_name(n) for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_quant.inc", "cpu_bandwidth.inc", "cpu_fused.inc")
+    SOURCE.with_name(n) for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_tiles.inc", "cpu_quant.inc", "cpu_bandwidth.inc", "cpu_fused.inc")
 )
 TARGETS = {
     "pijax_rows_dot": "PijaxRowsDot",
     "pijax_sparse_ffn": "PijaxSparseFfn",
     "pijax_rows_dot3": "PijaxRowsDot3",
+    "pijax_rows_tdot": "PijaxRowsTDot",
     "pijax_qrows_dot": "PijaxQRowsDot",
     "pijax_qsparse_ffn": "PijaxQSparseFfn",
 }
-_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
+# -ffp-contract=off: no multiply-add fused by the compiler where the source does not ask for one, so that a product
+# is rounded the same wherever it is inlined (a prompt's multi-token tiles give each token its one-token result).
+_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread", "-ffp-contract=off"]
 
 
 def _march() -> str:
