@@ -24,7 +24,8 @@ import jax
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 INCLUDES = tuple(
-    SOURCE.with_name(n) for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_tiles.inc", "cpu_quant.inc", "cpu_bandwidth.inc", "cpu_fused.inc")
+    SOURCE.with_name(n)
+    for n in ("cpu_pool.inc", "cpu_rows.inc", "cpu_tiles.inc", "cpu_quant.inc", "cpu_bandwidth.inc", "cpu_fused.inc")
 )
 TARGETS = {
     "pijax_rows_dot": "PijaxRowsDot",
