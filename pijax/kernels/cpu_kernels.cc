@@ -1,5 +1,6 @@
-// pijax CPU kernels behind jax.ffi: row dot products ("matvec") and the predictor-gated sparse FFN for a few
-// tokens, reading f32, f16, bf16 or int8 (per-row f32 scale) weights and computing in f32.
+// pijax CPU kernels behind jax.ffi: row dot products ("matvec"; a prompt's tokens in register tiles, cpu_tiles.inc)
+// and the predictor-gated sparse FFN for a few tokens, reading f32, f16, bf16 or int8 (per-row f32 scale) weights
+// and computing in f32.
 //
 // Why a kernel: XLA:CPU runs f16/bf16 dot products ~12x slower than f32 and has no fused int8-dequantizing dot,
 // and a sparse FFN in XLA has to copy the gathered rows before its products. Here every weight row is read once,

@@ -21,8 +21,9 @@ Backends:
   cache. Past that (prefill, an uncapped block) it computes the masked dense product with the same selection.
 - "kernels": pijax's C++ CPU kernels (pijax.kernels.ops.sparse_ffn; rows read in place, any weight format). They
   run "dense", "predictor" and uncapped "relu" (the kernel's dense path with inactive ReLU rows skipped, which is
-  exact); `kernels_run` says whether a selector fits. Above MAX_KERNEL_TOKENS tokens the kernels' pure-JAX
-  reference runs instead.
+  exact); `kernels_run` says whether a selector fits. Above MAX_KERNEL_TOKENS tokens (a prompt) "dense" runs
+  the multi-token kernels (every row read once for all the tokens; PowerInfer too runs its prompts dense), and a
+  predictor-gated selection the kernels' pure-JAX reference.
 Dimension legend: see `pijax.model.layers`; here N = tokens, K = rows of the block, U = gathered rows.
 """
 
