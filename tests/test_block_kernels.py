@@ -111,6 +111,8 @@ def test_block_kernels_avx2_build(tmp_path: Path) -> None:
         "    a = ops.sparse_ffn(x, lg, u, g, d, use_kernel=True, **kw)[0]\n"
         "    b = ops.sparse_ffn(x, lg, u, g, d, use_kernel=False, **kw)[0]\n"
         "    out.append(max(rel(a, b), rel(ops.linear(x, u, use_kernel=True), ops.linear(x, u, use_kernel=False))))\n"
+        "    p = jnp.asarray(f(13, 192))  # a prompt: the multi-token tiles\n"
+        "    out.append(rel(ops.linear(p, u, use_kernel=True), ops.linear(p, u, use_kernel=False)))\n"
         "print(json.dumps([build.isa(), out]))\n"
     )
     env = dict(os.environ, PIJAX_KERNEL_MARCH="haswell", JAX_PLATFORMS="cpu")
