@@ -146,7 +146,8 @@ def sparse_ffn(
     n_ff = up.shape[0]
     cap = n_ff if capacity is None else int(capacity)
     if logits_mf is None and m > MAX_KERNEL_TOKENS and not _is_f32(up) and rows_kernel_ok(use_kernel):
-        return dense_ffn_tokens(x_md, up, gate, down_t, kind=kind), jnp.full((m,), n_ff, jnp.int32)
+        y = dense_ffn_tokens(x_md, up, gate, down_t, kind=kind, use_kernel=use_kernel)
+        return y, jnp.full((m,), n_ff, jnp.int32)
     if isinstance(up, BlockRows):
         return block_sparse_ffn(
             x_md,
@@ -203,11 +204,18 @@ def down_tdot(a_mf: jax.Array, down_t: Weight) -> jax.Array:
 
 
 def dense_ffn_tokens(
-    x_md: jax.Array, up: Weight, gate: Weight | None, down_t: Weight, *, kind: FfnActivation
+    x_md: jax.Array,
+    up: Weight,
+    gate: Weight | None,
+    down_t: Weight,
+    *,
+    kind: FfnActivation,
+    use_kernel: bool | None = None,
 ) -> jax.Array:
     """Every neuron for a prompt's tokens, [M, D] f32: the gate and up products on the multi-token row kernels
     (BlockRows: the input quantized as in `linear`), the activation, then the down projection (`down_tdot`)."""
-    act = ffn_activation(None if gate is None else linear(x_md, gate), linear(x_md, up), kind)
+    gate_y = None if gate is None else linear(x_md, gate, use_kernel=use_kernel)
+    act = ffn_activation(gate_y, linear(x_md, up, use_kernel=use_kernel), kind)
     return down_tdot(act, down_t)
 
 
