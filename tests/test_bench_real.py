@@ -59,6 +59,9 @@ def test_targets_are_met_on_the_median_round_with_the_worst_round_beside_it() ->
     # The bound's bandwidth is the higher of the probe (30 GB/s) and llama.cpp's own rate (50 tok/s x 0.5 GB).
     assert s["bound_GBps"]["median"] == pytest.approx(30.0)
     assert s["share_of_bound"]["max"] == pytest.approx(60 * 0.5 / 30)
+    # prefill: every round's pijax 100 tok/s against llama.cpp's 200, the same engine as the decode figures
+    assert s["prefill_ratio"]["median"] == pytest.approx(0.5) and not s["prefill_met"]
+    assert summarize(rounds, bytes_per_token=int(0.5e9), goal=1.0, prefill_goal=0.5)["prefill_met"]
     slow_probe = summarize([_round(50, 80, 10)], bytes_per_token=int(0.5e9), goal=1.0)
     assert slow_probe["bound_GBps"]["median"] == pytest.approx(40.0) and not slow_probe["met"]
 

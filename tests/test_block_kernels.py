@@ -111,6 +111,8 @@ def test_block_kernels_avx2_build(tmp_path: Path) -> None:
         "    a = ops.sparse_ffn(x, lg, u, g, d, use_kernel=True, **kw)[0]\n"
         "    b = ops.sparse_ffn(x, lg, u, g, d, use_kernel=False, **kw)[0]\n"
         "    out.append(max(rel(a, b), rel(ops.linear(x, u, use_kernel=True), ops.linear(x, u, use_kernel=False))))\n"
+        "    p = jnp.asarray(f(13, 192))  # a prompt: the multi-token tiles\n"
+        "    out.append(rel(ops.linear(p, u, use_kernel=True), ops.linear(p, u, use_kernel=False)))\n"
         "print(json.dumps([build.isa(), out]))\n"
     )
     env = dict(os.environ, PIJAX_KERNEL_MARCH="haswell", JAX_PLATFORMS="cpu")
@@ -146,7 +148,7 @@ def test_stories_decode_on_the_kernels_equals_the_reference_forward(dtype: str, 
     block = model.module.layers[0]
     assert block.ffn.w_down_df is not None and block.ffn.selector.mode == "dense"  # llama.cpp's products
     assert block.attn.w_q_nd[...].kind == dtype
-    full = np.asarray(model.engine.logits(ids))  # more than 8 tokens: the XLA reference
+    full = np.asarray(model.engine.logits(ids))  # more than 8 tokens: the multi-token kernels
     steps = _decode_logits(model, ids, 4)  # one token per call: the C++ kernels
     # a last-bit difference in a layer's input can flip one rounding of its 8-bit quantization: allow a few
     # of those (each moves a logit by about a quantization step), far below the format's own error

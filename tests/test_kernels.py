@@ -276,6 +276,13 @@ def test_avx2_build_computes_what_the_reference_does(tmp_path: Path) -> None:
         "    c, e = ops.linear(x, u, use_kernel=True, f32_kernel=True), ops.linear(x, u, use_kernel=False)\n"
         "    rel = lambda p, q: float(jnp.abs(p - q).max() / jnp.abs(q).max())\n"
         "    out.append(max(rel(a, b), rel(c, e)))\n"
+        "    p = f(13, 200)  # a prompt: the multi-token tiles and the down_t column kernel\n"
+        "    c, e = ops.linear(p, u, use_kernel=True, f32_kernel=True), ops.linear(p, u, use_kernel=False)\n"
+        "    if fmt != 'f32':\n"
+        "        a = ops.sparse_ffn(p, None, u, g, d, kind='silu', use_kernel=True)[0]\n"
+        "        b = ops.sparse_ffn(p, None, u, g, d, kind='silu', use_kernel=False)[0]\n"
+        "        out.append(rel(a, b))\n"
+        "    out.append(rel(c, e))\n"
         "print(json.dumps([build.isa(), out]))\n"
     )
     env = dict(os.environ, PIJAX_KERNEL_MARCH="haswell", JAX_PLATFORMS="cpu")

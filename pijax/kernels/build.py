@@ -28,6 +28,7 @@ INCLUDES = tuple(
     for n in (
         "cpu_pool.inc",
         "cpu_rows.inc",
+        "cpu_tiles.inc",
         "cpu_quant.inc",
         "cpu_bandwidth.inc",
         "cpu_fused.inc",
@@ -39,13 +40,16 @@ TARGETS = {
     "pijax_rows_dot": "PijaxRowsDot",
     "pijax_sparse_ffn": "PijaxSparseFfn",
     "pijax_rows_dot3": "PijaxRowsDot3",
+    "pijax_rows_tdot": "PijaxRowsTDot",
     "pijax_qrows_dot": "PijaxQRowsDot",
     "pijax_qsparse_ffn": "PijaxQSparseFfn",
     "pijax_decode_attention": "PijaxDecodeAttention",
     "pijax_cats_ffn": "PijaxCatsFfn",
     "pijax_qcats_ffn": "PijaxQCatsFfn",
 }
-_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread"]
+# -ffp-contract=off: no multiply-add fused by the compiler where the source does not ask for one, so that a product
+# is rounded the same wherever it is inlined (a prompt's multi-token tiles give each token its one-token result).
+_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-DNDEBUG", "-pthread", "-ffp-contract=off"]
 
 
 def _march() -> str:

@@ -1,5 +1,6 @@
-// pijax CPU kernels behind jax.ffi: row dot products ("matvec") and the predictor-gated sparse FFN for a few
-// tokens, reading f32, f16, bf16 or int8 (per-row f32 scale) weights and computing in f32.
+// pijax CPU kernels behind jax.ffi: row dot products ("matvec"; a prompt's tokens in register tiles, cpu_tiles.inc)
+// and the predictor-gated sparse FFN for a few tokens, reading f32, f16, bf16 or int8 (per-row f32 scale) weights
+// and computing in f32.
 //
 // Why a kernel: XLA:CPU runs f16/bf16 dot products ~12x slower than f32 and has no fused int8-dequantizing dot,
 // and a sparse FFN in XLA has to copy the gathered rows before its products. Here every weight row is read once,
@@ -47,11 +48,17 @@ namespace {
 
 #include "cpu_rows.inc"
 
+#include "cpu_tiles.inc"
+
 // ---------------------------------------------------------------- rows_dot: y[m, n] = scale[n] * <w[n], x[m]>
 
 template <Fmt F>
 void rows_dot_range(const float* x, int64_t m_tokens, int64_t d, const void* w, const float* scale, int64_t n,
                     int64_t r0, int64_t r1, float* y) {
+  if (m_tokens > 1) {  // the same sums, each row read once for all tokens
+    rows_dot_tiled<F>(x, m_tokens, d, w, scale, n, r0, r1, y);
+    return;
+  }
   constexpr int K = 4;
   for (int64_t m = 0; m < m_tokens; ++m) {
     const float* xm = x + m * d;
@@ -141,6 +148,39 @@ ffi::Error RowsDotImpl(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ff
     pool().run(n_chunks, [&](int c) {
       const int64_t r0 = std::min(n, c * per * 16), r1 = std::min(n, (c + 1) * per * 16);
       if (r0 < r1) rows_dot_range<F>(xp, m, d, wp, sp, n, r0, r1, yp);
+    });
+  });
+  return ffi::Error::Success();
+}
+
+// y[m, d] = a[m, f] @ (scale * w)[f, d]: the dense FFN's down projection for a prompt's tokens, threads over
+// column ranges (each computes its columns over every row in one fixed order: no partial sums to add up).
+ffi::Error RowsTDotImpl(ffi::Buffer<ffi::F32> a, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> scale,
+                        ffi::ResultBuffer<ffi::F32> y) {
+  auto wd = w.dimensions();
+  auto ad = a.dimensions();
+  if (wd.size() != 2 || ad.size() != 2 || ad[1] != wd[0])
+    return ffi::Error::InvalidArgument("pijax_rows_tdot: a must be [M, F] and w [F, D]");
+  bool ok;
+  Fmt fm = fmt_of(w.element_type(), &ok);
+  if (!ok) return ffi::Error::InvalidArgument("pijax_rows_tdot: weights must be f32, f16, bf16 or int8");
+  const int64_t m = ad[0], f = ad[1], d = wd[1];
+  const bool scaled = fm == Fmt::kI8;
+  if (scaled && scale.element_count() != size_t(f))
+    return ffi::Error::InvalidArgument("pijax_rows_tdot: int8 weights need one scale per row");
+  const float* ap = a.typed_data();
+  const float* sp = scaled ? scale.typed_data() : nullptr;
+  const void* wp = w.untyped_data();
+  float* yp = y->typed_data();
+  // Column ranges of whole 64-byte lines of y, about 4 per thread.
+  const int64_t lines = (d + 15) / 16;
+  const int64_t per = std::max<int64_t>(1, lines / (4 * pool().size()));
+  const int n_chunks = int((lines + per - 1) / per);
+  dispatch_fmt(fm, [&](auto tag) {
+    constexpr Fmt F = decltype(tag)::value;
+    pool().run(n_chunks, [&](int c) {
+      const int64_t c0 = std::min(d, c * per * 16), c1 = std::min(d, (c + 1) * per * 16);
+      if (c0 < c1) rows_tdot_cols<F>(ap, m, f, wp, sp, d, c0, c1, yp);
     });
   });
   return ffi::Error::Success();
@@ -354,6 +394,13 @@ ffi::Error SparseFfnImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> logits, 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PijaxRowsDot, RowsDotImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PijaxRowsTDot, RowsTDotImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::AnyBuffer>()

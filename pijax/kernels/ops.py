@@ -8,10 +8,14 @@
   `logits` is None, through act(gate, up) and the down projection: y [M, D], and how many neurons each token
   selected [M].
 
-The C++ path is taken on the CPU backend for at most `MAX_KERNEL_TOKENS` tokens when the library is available
-(see `pijax.kernels.build`); otherwise, or with `use_kernel=False`, the reference runs: dequantize to f32, dense
-products, the selection as a mask. Both compute in f32 and agree to rounding (the kernel sums in another order).
-For f32 weights `linear` takes the kernel for large matrices on a single CPU device (see `set_f32_kernel`).
+The C++ path is taken on the CPU backend when the library is available (see `pijax.kernels.build`): row
+products (`linear`, `linear3`, and a dense `sparse_ffn`) for any number of tokens, a prompt's through the
+multi-token tiles (cpu_tiles.inc: each row read once for all tokens, every token's sums those of the one-token
+kernel); a predictor-gated `sparse_ffn` for at most `MAX_KERNEL_TOKENS` tokens. Otherwise, or with
+`use_kernel=False`, the reference runs: dequantize to f32, dense products, the selection as a mask. Both compute
+in f32 and agree to rounding (the kernel sums in another order). For f32 weights `linear` takes the kernel for
+large matrices and few tokens on a single CPU device (see `set_f32_kernel`); a prompt's f32 products stay XLA's
+dot, which is as fast as the tiles there (experiments/bench/micro/prefill_tiles.py).
 Dimension legend: see `pijax.model.layers`; M = tokens.
 """
 
@@ -29,7 +33,7 @@ from pijax.kernels import build
 from pijax.kernels.blocks import BlockRows
 from pijax.kernels.formats import QuantRows, Weight, dequantize
 from pijax.kernels.qops import block_linear, block_sparse_ffn, block_sparse_ffn_reference
-from pijax.kernels.reference import down_project, keep_mask, rows_activation
+from pijax.kernels.reference import down_project, ffn_activation, keep_mask, rows_activation
 
 MAX_KERNEL_TOKENS = 8
 # f32 matrices at least this large (elements) go through the kernel by default: on a chain of a decode step's
@@ -48,13 +52,19 @@ def _data_scale(w: Weight) -> tuple[jax.Array, jax.Array]:
     return w, jnp.asarray(_NO_SCALE)
 
 
-def kernel_ok(n_tokens: int, use_kernel: bool | None = None) -> bool:
-    """Whether a call on n_tokens tokens takes the C++ path. use_kernel None: when available on jax's default
-    backend; True: whenever the library loads (the caller places the call on a CPU device, as the hybrid
+def rows_kernel_ok(use_kernel: bool | None = None) -> bool:
+    """Whether row products (any number of tokens) take the C++ path. use_kernel None: when available on jax's
+    default backend; True: whenever the library loads (the caller places the call on a CPU device, as the hybrid
     engine's host part does on a GPU machine)."""
-    if use_kernel is False or n_tokens > MAX_KERNEL_TOKENS:
+    if use_kernel is False:
         return False
     return build.load() is not None if use_kernel else build.available()
+
+
+def kernel_ok(n_tokens: int, use_kernel: bool | None = None) -> bool:
+    """Whether a predictor-gated sparse FFN on n_tokens tokens takes the C++ path (as `rows_kernel_ok`, for at
+    most MAX_KERNEL_TOKENS tokens)."""
+    return n_tokens <= MAX_KERNEL_TOKENS and rows_kernel_ok(use_kernel)
 
 
 def set_f32_kernel(on: bool | None) -> bool | None:
@@ -86,17 +96,20 @@ def _single_device() -> bool:
     return jax.device_count() == 1 if _one_device is None else _one_device
 
 
-def _f32_via_kernel(w: jax.Array, f32_kernel: bool | None) -> bool:
+def _f32_via_kernel(size: int, n_tokens: int, f32_kernel: bool | None) -> bool:
     choice = _f32_kernel if f32_kernel is None else f32_kernel
     if choice is None:
-        return w.size >= F32_KERNEL_MIN_ELEMENTS and _single_device()
+        return size >= F32_KERNEL_MIN_ELEMENTS and n_tokens <= MAX_KERNEL_TOKENS and _single_device()
     return choice
+
+
+def _is_f32(w: Weight) -> bool:
+    return not isinstance(w, (QuantRows, BlockRows)) and w.dtype == jnp.float32
 
 
 def dense_kernel_ok(n_tokens: int, w: Weight) -> bool:
     """Whether a dense product over `w` for n_tokens tokens takes the C++ kernel (f32: as `set_f32_kernel` says)."""
-    is_f32 = not isinstance(w, QuantRows) and w.dtype == jnp.float32
-    return kernel_ok(n_tokens) and (not is_f32 or _f32_via_kernel(w, None))
+    return rows_kernel_ok() and (not _is_f32(w) or _f32_via_kernel(w.size, n_tokens, None))
 
 
 def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kernel: bool | None = None) -> jax.Array:
@@ -104,9 +117,9 @@ def linear(x: jax.Array, w: Weight, *, use_kernel: bool | None = None, f32_kerne
     lead = x.shape[:-1]
     m = int(np.prod(lead)) if lead else 1
     if isinstance(w, BlockRows):
-        return block_linear(x, w, kernel=kernel_ok(m, use_kernel))
-    is_f32 = not isinstance(w, QuantRows) and w.dtype == jnp.float32
-    if (is_f32 and not _f32_via_kernel(w, f32_kernel)) or not kernel_ok(m, use_kernel):
+        return block_linear(x, w, kernel=rows_kernel_ok(use_kernel))
+    is_f32 = _is_f32(w)
+    if (is_f32 and not _f32_via_kernel(w.size, m, f32_kernel)) or not rows_kernel_ok(use_kernel):
         return jnp.einsum("...d,nd->...n", x, w if is_f32 else dequantize(w))
     data, scale = _data_scale(w)
     n = w.shape[0]
@@ -124,13 +137,10 @@ def linear3(x: jax.Array, w0: Weight, w1: Weight, w2: Weight) -> tuple[jax.Array
     lead = x.shape[:-1]
     m = int(np.prod(lead)) if lead else 1
     plain = all(not isinstance(w, QuantRows) and w.dtype == w0.dtype for w in ws)
-    if not plain or w0.dtype not in (jnp.float32, jnp.float16, jnp.bfloat16) or not kernel_ok(m):
+    if not plain or w0.dtype not in (jnp.float32, jnp.float16, jnp.bfloat16) or not rows_kernel_ok():
         return linear(x, w0), linear(x, w1), linear(x, w2)
-    if w0.dtype == jnp.float32:
-        choice = _f32_kernel
-        total = sum(w.size for w in ws)
-        if not (choice if choice is not None else total >= F32_KERNEL_MIN_ELEMENTS and _single_device()):
-            return linear(x, w0), linear(x, w1), linear(x, w2)
+    if w0.dtype == jnp.float32 and not _f32_via_kernel(sum(w.size for w in ws), m, None):
+        return linear(x, w0), linear(x, w1), linear(x, w2)
     shapes = tuple(jax.ShapeDtypeStruct((m, w.shape[0]), jnp.float32) for w in ws)
     ys = jax.ffi.ffi_call("pijax_rows_dot3", shapes, vmap_method="sequential")(
         x.reshape(m, x.shape[-1]).astype(jnp.float32), *ws
@@ -158,6 +168,9 @@ def sparse_ffn(
     m, d = x_md.shape
     n_ff = up.shape[0]
     cap = n_ff if capacity is None else int(capacity)
+    if logits_mf is None and m > MAX_KERNEL_TOKENS and not _is_f32(up) and rows_kernel_ok(use_kernel):
+        y = dense_ffn_tokens(x_md, up, gate, down_t, kind=kind, use_kernel=use_kernel)
+        return y, jnp.full((m,), n_ff, jnp.int32)
     if isinstance(up, BlockRows):
         return block_sparse_ffn(
             x_md,
@@ -200,6 +213,33 @@ def sparse_ffn(
         dense=np.int32(dense),
         skip=np.int32(skip_inactive),
     )
+
+
+def down_tdot(a_mf: jax.Array, down_t: Weight) -> jax.Array:
+    """a [M, F] @ down_t [F, D] -> [M, D] f32 on the kernel (threads over columns, every row read once)."""
+    if isinstance(down_t, BlockRows):  # a dense block-format FFN keeps down_df (pijax.model.ffn); rare here
+        return jnp.einsum("mf,fd->md", a_mf, down_t.dequantize())
+    data, scale = _data_scale(down_t)
+    call = jax.ffi.ffi_call(
+        "pijax_rows_tdot", jax.ShapeDtypeStruct((a_mf.shape[0], down_t.shape[1]), jnp.float32), vmap_method="sequential"
+    )
+    return call(a_mf.astype(jnp.float32), data, scale)
+
+
+def dense_ffn_tokens(
+    x_md: jax.Array,
+    up: Weight,
+    gate: Weight | None,
+    down_t: Weight,
+    *,
+    kind: FfnActivation,
+    use_kernel: bool | None = None,
+) -> jax.Array:
+    """Every neuron for a prompt's tokens, [M, D] f32: the gate and up products on the multi-token row kernels
+    (BlockRows: the input quantized as in `linear`), the activation, then the down projection (`down_tdot`)."""
+    gate_y = None if gate is None else linear(x_md, gate, use_kernel=use_kernel)
+    act = ffn_activation(gate_y, linear(x_md, up, use_kernel=use_kernel), kind)
+    return down_tdot(act, down_t)
 
 
 def sparse_ffn_reference(

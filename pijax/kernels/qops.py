@@ -3,8 +3,9 @@
 `pijax.kernels.ops.linear` and `.sparse_ffn` hand BlockRows weights here. The C++ path (cpu_quant.inc) quantizes
 the input per token to 8-bit blocks and takes integer dot products, as llama.cpp does; the reference computes the
 same product from the dequantized weights and the dequantized 8-bit input (`pijax.kernels.blocks`), so the two
-agree to f32 rounding. The reference also runs the prompt's tokens (more than `MAX_KERNEL_TOKENS`) and every
-non-CPU backend. In the sparse FFN the down_t rows are added in f32, scaled by the activation: no input of
+agree to f32 rounding. A prompt's tokens take the same kernel (each row read once for all of them, every token's
+sum the one-token kernel's); the reference runs a predictor-gated FFN over more than `MAX_KERNEL_TOKENS` tokens
+and every non-CPU backend. In the sparse FFN the down_t rows are added in f32, scaled by the activation: no input of
 theirs is quantized (as in PowerInfer's and llama.cpp's axpy paths).
 """
 

@@ -22,8 +22,9 @@ Backends:
 - "kernels": pijax's C++ CPU kernels (pijax.kernels.ops.sparse_ffn; rows read in place, any weight format). They
   run "dense", "predictor" and uncapped "relu" (the kernel's dense path with inactive ReLU rows skipped, which is
   exact), and uncapped "threshold" with criterion "cats" (pijax.kernels.cats: the gate read in full, up and down_t
-  only for the kept rows); `kernels_run` says whether a selector fits. Above MAX_KERNEL_TOKENS tokens the
-  kernels' pure-JAX reference runs instead.
+  only for the kept rows); `kernels_run` says whether a selector fits. Above MAX_KERNEL_TOKENS tokens (a prompt)
+  "dense" runs the multi-token kernels (every row read once for all the tokens; PowerInfer too runs its prompts
+  dense), and any other selection the kernels' pure-JAX reference.
 Dimension legend: see `pijax.model.layers`; here N = tokens, K = rows of the block, U = gathered rows.
 """
 
