@@ -85,6 +85,7 @@ def sparse_model(
     corpus_path: str | os.PathLike[str] | None = None,
     calibration_tokens: int = 16_384,
     seq_len: int = 128,
+    dense_positions: int = 0,
 ) -> SparseSetup:
     """A sparse copy of a pijax Model's module, every row on one device (see the module docstring).
 
@@ -96,7 +97,9 @@ def sparse_model(
     training thresholds). capacity_quantile / capacities: a static cap
     on rows per token (calibrated on the corpus' training split, or given per layer); None: no cap (the result
     is then exact for "relu" and "oracle"). backend: "auto", "kernels" or "xla"; the kernels run "predictor"
-    and "relu" (threshold and a capped oracle need the dense activations, so they run on XLA)."""
+    and "relu" (threshold and a capped oracle need the dense activations, so they run on XLA).
+    dense_positions (mode="predictor", no capacity): the first N positions of every sequence run every row (1
+    keeps SmolLM2's attention sink dense); `sparsity` is then calibrated with them dense, over all positions."""
     cfg = model.config
     check_mode(mode, cfg.ffn_act)
     chosen = setup_engine(backend)
@@ -110,6 +113,11 @@ def sparse_model(
     check_criterion(criterion)
     if sparsity is not None:
         check_sparsity(sparsity)
+    if dense_positions:  # said before any calibration runs
+        from pijax.model.rows import Selector
+
+        capped = capacity_quantile is not None or capacities is not None
+        Selector(mode, dense_positions=dense_positions, capacity=1 if capped else None)
     if criterion != "oracle" and (mode != "threshold" or capacity_quantile is not None or capacities is not None):
         raise ConfigError(f"criterion={criterion!r} applies to mode='threshold' without a capacity")
     module = nnx.clone(model.module)
@@ -142,7 +150,9 @@ def sparse_model(
     elif calibrate:
         from pijax.sparsity.oracle_predictors import calibrate_logit_thresholds
 
-        pred_threshold = list(calibrate_logit_thresholds(model.module, preds, windows, sparsity))
+        pred_threshold = list(
+            calibrate_logit_thresholds(model.module, preds, windows, sparsity, dense_positions=dense_positions)
+        )
     if capacities is None and capacity_quantile is not None:
         counts = mask_counts(
             model.module,
@@ -166,6 +176,7 @@ def sparse_model(
         act_thresholds=thresholds,
         backend=chosen,
         criterion=criterion,
+        dense_positions=dense_positions,
     )
     log.info("sparse engine: mode %s on %s", mode, chosen)
     if mode == "predictor" and pred_threshold is not None and not np.isscalar(pred_threshold):
