@@ -76,7 +76,7 @@ def sparse_model(
     model: Any,
     mode: Mode = "predictor",
     *,
-    sparsity: float | None = None,
+    sparsity: float | Sequence[float] | None = None,
     criterion: str = "oracle",
     backend: Backend = "auto",
     capacity_quantile: float | None = None,
@@ -89,7 +89,8 @@ def sparse_model(
 ) -> SparseSetup:
     """A sparse copy of a pijax Model's module, every row on one device (see the module docstring).
 
-    sparsity: the target share of skipped rows, calibrated per layer on the corpus' training split: for
+    sparsity: the target share of skipped rows (one number, or one per layer: a per-layer allocation), calibrated
+    per layer on the corpus' training split: for
     mode="threshold" (default 0.5) the cut-off of `criterion` ("oracle" |act(gate)*up|, "cats" |act(gate)|, or
     "teal" |FFN input|, whose entries are input channels); for mode="predictor" the predictor-logit cut-off (None:
     the file's threshold). A SiLU model without predictors in its file gets oracle predictors
