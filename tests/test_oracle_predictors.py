@@ -1,6 +1,7 @@
 """Oracle predictors on the real SmolLM2-135M: a tiny training run through the whole pipeline (and its resume),
 the file's fingerprint check, `m.sparse(mode="predictor", sparsity=s)` hitting s on its calibration windows and
-running what the evaluator measures, the shipped predictors beating a random predictor on held-out text, and
+running what the evaluator measures, `dense_positions` keeping the first position dense (XLA and kernels), the
+shipped predictors beating a random predictor on held-out text, and
 `criterion=` passed through `m.sparse(mode="threshold")`.
 
 SmolLM2 is loaded once for the module; windows are short (32-64 tokens) and few.
