@@ -93,8 +93,8 @@ class _ScaledFFN(nnx.Module):
     def __init__(self, inner: FFN, factor: float):
         self.inner, self.factor = inner, factor
 
-    def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:
-        return self.factor * self.inner(h_btd, ffn_in_btd)
+    def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array, pos: jax.Array | int = 0) -> jax.Array:
+        return self.factor * self.inner(h_btd, ffn_in_btd, pos)
 
 
 def test_block_ffn_is_replaceable(ref: dict[str, np.ndarray]) -> None:

@@ -1,6 +1,7 @@
 """Oracle predictors on the real SmolLM2-135M: a tiny training run through the whole pipeline (and its resume),
 the file's fingerprint check, `m.sparse(mode="predictor", sparsity=s)` hitting s on its calibration windows and
-running what the evaluator measures, the shipped predictors beating a random predictor on held-out text, and
+running what the evaluator measures, `dense_positions` keeping the first position dense (XLA and kernels), the
+shipped predictors beating a random predictor on held-out text, and
 `criterion=` passed through `m.sparse(mode="threshold")`.
 
 SmolLM2 is loaded once for the module; windows are short (32-64 tokens) and few.
@@ -128,6 +129,42 @@ def test_sparse_predictor_mode_hits_the_sparsity_on_its_calibration_windows(smol
     np.testing.assert_allclose(np.asarray(sparse40.module(tok)), np.asarray(ref), rtol=2e-3, atol=2e-3)
 
 
+def test_dense_positions_keep_the_attention_sink_dense_on_both_backends(smollm2, shipped, sparse40):
+    sm = smollm2.sparse(mode="predictor", sparsity=0.4, backend="xla", dense_positions=1, **CAL)
+    thr = sm.setup.act_thresholds
+    cal = profile_windows(smollm2, None, SEQ, CAL["calibration_tokens"])
+    # calibrated with position 0 dense: the sparsity over ALL positions is still the target
+    res = PredictorEvaluator(smollm2, cal, shipped.weights).evaluate_predictors(thr, dense_positions=1)
+    assert abs(res.sparsity - 0.4) <= 0.01
+    assert np.all(res.layer_sparsity <= 0.4 * SEQ / (SEQ - 1) + 0.02)
+    tok = jnp.asarray(cal[:1])
+    dense, got = np.asarray(smollm2.module(tok)), np.asarray(sm.module(tok))
+    # position 0 runs every row in every layer, so its logits are the dense model's; later positions are gated
+    np.testing.assert_allclose(got[:, 0], dense[:, 0], rtol=1e-4, atol=1e-4)
+    assert np.abs(got[:, 1:] - dense[:, 1:]).max() > 0.1
+    assert np.abs(np.asarray(sparse40.module(tok))[:, 0] - dense[:, 0]).max() > 0.1  # without the option it is not
+    params = [{"fc1": jnp.asarray(w.fc1), "fc2": jnp.asarray(w.fc2)} for w in shipped.weights]
+    ref, _ = predictor_masked_forward(
+        smollm2.module, tok, params, jnp.asarray(thr), jnp.full(len(thr), jnp.inf), dense_positions=1
+    )
+    np.testing.assert_allclose(got, np.asarray(ref), rtol=2e-3, atol=2e-3)
+    # per FFN, on the same inputs: positions are absolute (a chunk starting at 5 has no dense position), and the
+    # C++ kernels run the same selection as XLA
+    sk = smollm2.sparse(mode="predictor", pred_threshold=list(thr), backend="kernels", dense_positions=1)
+    assert sk.setup.backend == "kernels"
+    _, records = smollm2.module.trace(tok[:, :4])
+    for i in (0, 15):
+        h = records[i]["ffn_in"]
+        hn = smollm2.module.layers[i].ffn_norm(h)
+        full = np.asarray(smollm2.module.layers[i].ffn(hn, h, 0))
+        at0, at5 = (np.asarray(sm.module.layers[i].ffn(hn, h, p)) for p in (0, 5))
+        np.testing.assert_allclose(at0[:, 0], full[:, 0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(at0[:, 1:], at5[:, 1:])
+        assert np.abs(at5[:, 0] - full[:, 0]).max() > 1e-3
+        for p, want in ((0, at0), (5, at5)):
+            np.testing.assert_allclose(np.asarray(sk.module.layers[i].ffn(hn, h, p)), want, rtol=2e-3, atol=2e-3)
+
+
 def test_shipped_predictors_beat_a_random_predictor_on_held_out_text(smollm2, shipped):
     train, held = load_corpus().split(0.1)
     cal = train.windows(smollm2.tokenizer, SEQ, 4 * SEQ)
@@ -171,3 +208,12 @@ def test_bad_sparse_options_are_one_line(smollm2):
     with pytest.raises(ConfigError) as e:
         smollm2.sparse(mode="predictor", criterion="cats")
     assert "mode='threshold'" in _one_line(e.value)
+    with pytest.raises(ConfigError) as e:
+        smollm2.sparse(mode="threshold", dense_positions=1)
+    assert "dense_positions applies to mode 'predictor'" in _one_line(e.value)
+    with pytest.raises(ConfigError) as e:
+        smollm2.sparse(mode="predictor", dense_positions=1, capacity_quantile=0.9)
+    assert "no capacity" in _one_line(e.value)
+    with pytest.raises(ConfigError) as e:
+        smollm2.sparse(mode="predictor", dense_positions=-1)
+    assert ">= 0" in _one_line(e.value)

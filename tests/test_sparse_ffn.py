@@ -98,7 +98,7 @@ class _MaskedDense(nnx.Module):
     def activations(self, h):
         return self.dense.activations(h)
 
-    def __call__(self, h, ffn_in):
+    def __call__(self, h, ffn_in, pos=0):
         logits = self.predictor(ffn_in)
         kth = jax.lax.top_k(logits, self.capacity)[0][..., -1:]
         keep = (logits >= 0.0) & (logits >= kth)

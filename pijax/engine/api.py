@@ -76,7 +76,7 @@ def sparse_model(
     model: Any,
     mode: Mode = "predictor",
     *,
-    sparsity: float | None = None,
+    sparsity: float | Sequence[float] | None = None,
     criterion: str = "oracle",
     backend: Backend = "auto",
     capacity_quantile: float | None = None,
@@ -85,10 +85,12 @@ def sparse_model(
     corpus_path: str | os.PathLike[str] | None = None,
     calibration_tokens: int = 16_384,
     seq_len: int = 128,
+    dense_positions: int = 0,
 ) -> SparseSetup:
     """A sparse copy of a pijax Model's module, every row on one device (see the module docstring).
 
-    sparsity: the target share of skipped rows, calibrated per layer on the corpus' training split: for
+    sparsity: the target share of skipped rows (one number, or one per layer: a per-layer allocation), calibrated
+    per layer on the corpus' training split: for
     mode="threshold" (default 0.5) the cut-off of `criterion` ("oracle" |act(gate)*up|, "cats" |act(gate)|, or
     "teal" |FFN input|, whose entries are input channels); for mode="predictor" the predictor-logit cut-off (None:
     the file's threshold). A SiLU model without predictors in its file gets oracle predictors
@@ -97,7 +99,9 @@ def sparse_model(
     on rows per token (calibrated on the corpus' training split, or given per layer); None: no cap (the result
     is then exact for "relu" and "oracle"). backend: "auto", "kernels" or "xla"; the kernels run "predictor",
     "relu" and uncapped "threshold" with criterion "cats" (the other thresholds and a capped oracle need the
-    dense activations, so they run on XLA)."""
+    dense activations, so they run on XLA).
+    dense_positions (mode="predictor", no capacity): the first N positions of every sequence run every row (1
+    keeps SmolLM2's attention sink dense); `sparsity` is then calibrated with them dense, over all positions."""
     cfg = model.config
     check_mode(mode, cfg.ffn_act)
     chosen = setup_engine(backend)
@@ -114,6 +118,11 @@ def sparse_model(
     check_criterion(criterion)
     if sparsity is not None:
         check_sparsity(sparsity)
+    if dense_positions:  # said before any calibration runs
+        from pijax.model.rows import Selector
+
+        capped = capacity_quantile is not None or capacities is not None
+        Selector(mode, dense_positions=dense_positions, capacity=1 if capped else None)
     if criterion != "oracle" and (mode != "threshold" or capacity_quantile is not None or capacities is not None):
         raise ConfigError(f"criterion={criterion!r} applies to mode='threshold' without a capacity")
     module = nnx.clone(model.module)
@@ -146,7 +155,9 @@ def sparse_model(
     elif calibrate:
         from pijax.sparsity.oracle_predictors import calibrate_logit_thresholds
 
-        pred_threshold = list(calibrate_logit_thresholds(model.module, preds, windows, sparsity))
+        pred_threshold = list(
+            calibrate_logit_thresholds(model.module, preds, windows, sparsity, dense_positions=dense_positions)
+        )
     if capacities is None and capacity_quantile is not None:
         counts = mask_counts(
             model.module,
@@ -170,6 +181,7 @@ def sparse_model(
         act_thresholds=thresholds,
         backend=chosen,
         criterion=criterion,
+        dense_positions=dense_positions,
     )
     log.info("sparse engine: mode %s on %s", mode, chosen)
     if mode == "predictor" and pred_threshold is not None and not np.isscalar(pred_threshold):

@@ -316,7 +316,8 @@ class HybridFFN(nnx.Module):
         )
         return pack_request(hn_btd, self.cold_request(logits_nf, n), fields)
 
-    def __call__(self, hn_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:
+    def __call__(self, hn_btd: jax.Array, ffn_in_btd: jax.Array, pos: jax.Array | int = 0) -> jax.Array:
+        """`pos` is accepted for the Block's call; the hybrid selectors have no dense positions."""
         if self.n_cold:
             raise ConfigError("this layer has cold rows: its FFN runs split across devices in the hybrid engine")
         return self.hot_out(hn_btd, self.logits(ffn_in_btd))

@@ -30,7 +30,15 @@ from pijax.kernels.ops import dense_kernel_ok, linear
 from pijax.kernels.reference import ffn_activation, rows_activation
 from pijax.model.layers import param
 from pijax.model.predictor import Predictor
-from pijax.model.rows import DENSE_SELECTOR, Backend, Selector, block_ffn, check_backend, kernels_run
+from pijax.model.rows import (
+    DENSE_SELECTOR,
+    Backend,
+    Selector,
+    block_ffn,
+    check_backend,
+    dense_position_logits,
+    kernels_run,
+)
 
 
 def _as_param(w: Weight | nnx.Param) -> nnx.Param:
@@ -137,12 +145,16 @@ class FFN(nnx.Module):
         act = rows_activation(h_btd.reshape(b * t, d), dequantize(self.w_up_fd[...]), gate, self.kind)
         return act.reshape(b, t, -1)
 
-    def selected(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        """(output [B, T, D], rows run per token [B, T] on the kernels, else None)."""
+    def selected(
+        self, h_btd: jax.Array, ffn_in_btd: jax.Array, pos: jax.Array | int = 0
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """(output [B, T, D], rows run per token [B, T] on the kernels, else None); `pos`: the position of the
+        first of the T tokens (for the selector's dense_positions)."""
         b, t, d = h_btd.shape
         logits = None
         if self.selector.mode == "predictor":
-            logits = self.predictor_logits(ffn_in_btd).reshape(b * t, self.n_ff)
+            logits = dense_position_logits(self.predictor_logits(ffn_in_btd), pos, self.selector.dense_positions)
+            logits = logits.reshape(b * t, self.n_ff)
         gate = None if self.w_gate_fd is None else self.w_gate_fd[...]
         up = self.w_up_fd[...]
         if self.w_down_df is not None:  # dense, in llama.cpp's order of products (see __init__)
@@ -160,5 +172,5 @@ class FFN(nnx.Module):
         )
         return y.reshape(b, t, d), None if n_sel is None else n_sel.reshape(b, t)
 
-    def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array) -> jax.Array:
-        return self.selected(h_btd, ffn_in_btd)[0]
+    def __call__(self, h_btd: jax.Array, ffn_in_btd: jax.Array, pos: jax.Array | int = 0) -> jax.Array:
+        return self.selected(h_btd, ffn_in_btd, pos)[0]

@@ -1,7 +1,8 @@
 """The dense LLaMA model as a Flax NNX module: embedding, blocks (attention + replaceable FFN), output head.
 
 `Llama(cfg, weights)` holds a checkpoint's arrays (or a random init when `weights` is None). Its blocks live in
-`llama.layers[i]`; `block.ffn` may be swapped for any module called as `ffn(h_btd, ffn_in_btd) -> y_btd`.
+`llama.layers[i]`; `block.ffn` may be swapped for any module called as `ffn(h_btd, ffn_in_btd, pos) -> y_btd`
+(pos: the position of the first of the T tokens).
 Dimension legend: see `pijax.model.layers`.
 """
 
@@ -48,7 +49,7 @@ class Block(nnx.Module):
         self, x_btd: jax.Array, cos: jax.Array, sin: jax.Array, cache: LayerCache | None, pos: jax.Array | int
     ) -> tuple[jax.Array, LayerCache | None]:
         h, cache = self.attend(x_btd, cos, sin, cache, pos)
-        return h + self.ffn(self.ffn_norm(h), h), cache
+        return h + self.ffn(self.ffn_norm(h), h, pos), cache
 
 
 class Llama(nnx.Module):
@@ -121,7 +122,7 @@ class Llama(nnx.Module):
             h, _ = block.attend(x, cos, sin, None, 0)
             hn = block.ffn_norm(h)
             records.append({"ffn_in": h, "act": block.ffn.activations(hn)})
-            x = h + block.ffn(hn, h)
+            x = h + block.ffn(hn, h, 0)
         return self.head(self.output_norm(x)), records
 
     def weight_bytes_per_token(self) -> int:

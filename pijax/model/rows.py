@@ -10,7 +10,10 @@ Selector modes (`Selector.mode`), per token:
 - "threshold": score > `threshold` (SiLU models), the score given by `criterion` (pijax.sparsity.criteria):
   "oracle" |act|, "cats" |act(gate)|; "teal" zeroes the input channels |h_d| <= threshold and runs every row.
 - "predictor": the layer predictor's logit >= `threshold`, score = the logit (PowerInfer's path: the only one
-  that saves up/gate work).
+  that saves up/gate work). `dense_positions` N > 0 runs every row for the first N positions of a sequence
+  (their logits are set to +inf before selection, on every backend): SmolLM2's position 0 is an attention sink
+  whose residual is ~100x any other token's, and gating it cost most of the predictors' loss
+  (experiments/predictors_smollm2).
 Of the selected rows the `capacity` top-scoring are kept (None: all; static, so the step jits; the rule is
 pijax.kernels.reference.select_rows, which the C++ kernel implements too).
 
@@ -70,6 +73,7 @@ class Selector:
     max_gather_rows: int | None = None
     skip_inactive: bool = True  # kernels: skip a selected ReLU row whose gate product is <= 0 (exact)
     criterion: Criterion = "oracle"  # mode "threshold" only
+    dense_positions: int = 0  # mode "predictor" only: positions < this run every row
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -82,6 +86,12 @@ class Selector:
             raise ConfigError("criterion 'teal' skips input channels, not neurons: it takes no neuron capacity")
         if self.capacity is not None and self.capacity < 1:
             raise ConfigError(f"FFN capacity {self.capacity} must be >= 1")
+        if self.dense_positions < 0:
+            raise ConfigError(f"dense_positions {self.dense_positions} must be >= 0")
+        if self.dense_positions and self.mode != "predictor":
+            raise ConfigError(f"dense_positions applies to mode 'predictor', not {self.mode!r}")
+        if self.dense_positions and self.capacity is not None:
+            raise ConfigError("dense_positions runs every row of those positions: it takes no capacity")
 
     def cap(self, n_rows: int) -> int:
         """The capacity on a block of n_rows rows."""
@@ -89,6 +99,14 @@ class Selector:
 
 
 DENSE_SELECTOR = Selector()
+
+
+def dense_position_logits(logits_btf: jax.Array, pos: jax.Array | int, dense_positions: int) -> jax.Array:
+    """The logits with every row of the positions < dense_positions (absolute: pos + t) set to +inf."""
+    if not dense_positions:
+        return logits_btf
+    at = jnp.arange(logits_btf.shape[1]) + pos
+    return jnp.where((at < dense_positions)[None, :, None], jnp.inf, logits_btf)
 
 
 def check_backend(backend: str) -> Backend:

@@ -50,13 +50,15 @@ def sparsify(
     max_gather_rows: int | None = None,
     backend: Backend | None = None,
     criterion: Criterion = "oracle",
+    dense_positions: int = 0,
 ) -> None:
     """Make every FFN of a Model (or a bare Llama) select rows by `mode`, in place (see the module docstring).
 
     `capacities` None means no cap. In predictor mode `predictors` defaults to those of the model's checkpoint
     (a PowerInfer-style GGUF), and `pred_threshold` None to the checkpoint's `powerinfer.sparse_threshold` (0
-    without one). Per-layer arguments must have one entry per layer. `backend` None keeps each FFN's. Everything
-    is checked before any block changes."""
+    without one). Per-layer arguments must have one entry per layer. `backend` None keeps each FFN's.
+    `dense_positions` (predictor mode): the first N positions of a sequence run every row. Everything is checked
+    before any block changes."""
     if mode not in MASK_SOURCES:
         raise ConfigError(f"sparse FFN mask source {mode!r} is not one of {MASK_SOURCES}")
     llama = getattr(model, "module", model)
@@ -100,6 +102,7 @@ def sparsify(
             max_gather_rows=max_gather_rows,
             skip_inactive=block.ffn.selector.skip_inactive,
             criterion=criterion if mode == "threshold" else "oracle",
+            dense_positions=dense_positions,
         )
         be = block.ffn.backend if backend is None else backend
         block.ffn.check(sel, be, pred)

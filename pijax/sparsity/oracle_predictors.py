@@ -39,6 +39,7 @@ from pijax.io.fingerprint import PREDICTOR_FINGERPRINT_KEY, check_predictor_fing
 from pijax.io.gguf import read_gguf, write_gguf
 from pijax.io.weights import PredictorWeights
 from pijax.kernels.reference import down_project
+from pijax.model.rows import dense_position_logits
 from pijax.sparsity.predictor_config import PredictorTrainConfig
 from pijax.sparsity.predictor_data import jit_logits
 from pijax.sparsity.thresholds import check_sparsity
@@ -297,10 +298,22 @@ def load_oracle_predictors(path: str | os.PathLike[str], model: Any = None) -> O
 # ---------------------------------------------------------------- decision thresholds
 
 
+def _logits_btf(p: dict[str, jax.Array], x_btd: jax.Array) -> jax.Array:
+    b, t, d = x_btd.shape
+    return jit_logits(p, x_btd.reshape(b * t, d)).reshape(b, t, -1)
+
+
 def predictor_logit_samples(
-    model: Any, preds: Sequence[PredictorWeights], windows: np.ndarray, *, batch_size: int = 8, progress: bool = False
+    model: Any,
+    preds: Sequence[PredictorWeights],
+    windows: np.ndarray,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    dense_positions: int = 0,
 ) -> list[np.ndarray]:
-    """Per layer, the predictor logits of every (token, neuron) of `windows` (float32, flattened)."""
+    """Per layer, the predictor logits of every (token, neuron) of `windows` (float32, flattened); +inf at the
+    first `dense_positions` positions of each window (they run every row, so a quantile counts them kept)."""
     from pijax.sparsity.profile import check_windows
 
     llama = getattr(model, "module", model)
@@ -314,7 +327,8 @@ def predictor_logit_samples(
     def step(st: Any, p: Any, tokens_bt: jax.Array) -> list[jax.Array]:
         _, records = nnx.merge(gd, st).trace(tokens_bt)
         return [
-            jit_logits(pl, r["ffn_in"].reshape(-1, r["ffn_in"].shape[-1])) for pl, r in zip(p, records, strict=True)
+            dense_position_logits(_logits_btf(pl, r["ffn_in"]), 0, dense_positions)
+            for pl, r in zip(p, records, strict=True)
         ]
 
     out: list[list[np.ndarray]] = [[] for _ in preds]
@@ -339,9 +353,12 @@ def calibrate_logit_thresholds(
     preds: Sequence[PredictorWeights],
     windows: np.ndarray,
     sparsity: float | Sequence[float] | np.ndarray,
+    *,
+    dense_positions: int = 0,
 ) -> np.ndarray:
     """float32 [L]: per-layer predictor thresholds (keep logit >= t_l) that skip `sparsity` of the FFN neurons
-    (one number, or one per layer) on `windows`, with the predictors in use.
+    (one number, or one per layer) on `windows`, with the predictors in use. The first `dense_positions`
+    positions of each window run every row and count as kept (the others skip a little more to make up).
 
     Layer by layer through the gated model: layer l's cut-off is the quantile of its logits on the residual
     stream that the already gated layers 0..l-1 produce, which is what the sparse model sees. (Cut-offs taken on
@@ -362,7 +379,7 @@ def calibrate_logit_thresholds(
     @jax.jit
     def attend(st: Any, x_btd: jax.Array, p: Any) -> tuple[jax.Array, jax.Array]:
         h, _ = nnx.merge(gd, st).attend(x_btd, cos, sin, None, 0)
-        return h, jit_logits(p, h.reshape(b * t, -1))
+        return h, dense_position_logits(_logits_btf(p, h), 0, dense_positions).reshape(b * t, -1)
 
     @jax.jit
     def gated(st: Any, h_btd: jax.Array, logits: jax.Array, thr: jax.Array) -> jax.Array:

@@ -28,15 +28,24 @@ from tqdm.auto import tqdm
 from pijax.eval import _nll_sum
 from pijax.io.weights import PredictorWeights
 from pijax.kernels.reference import down_project, ffn_activation
+from pijax.model.rows import dense_position_logits
 from pijax.sparsity.predictor_data import PredictorMetrics, jit_logits
 from pijax.sparsity.threshold_eval import ThresholdEvaluator
 
 
 def predictor_masked_forward(
-    llama: Any, tokens_bt: jax.Array, params: Sequence[dict[str, jax.Array]], thr_l: jax.Array, oracle_l: jax.Array
+    llama: Any,
+    tokens_bt: jax.Array,
+    params: Sequence[dict[str, jax.Array]],
+    thr_l: jax.Array,
+    oracle_l: jax.Array,
+    use_oracle_l: jax.Array | None = None,
+    dense_positions: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Logits [B, T, V] with predictor-gated FFNs, and per layer [L, 3] int counts: (kept by both, predicted
-    kept, oracle kept)."""
+    kept, oracle kept). `use_oracle_l` (bool [L]): those layers keep the oracle's set instead (diagnosis: what a
+    perfect predictor of that layer would give); `dense_positions`: the first N positions keep every row (the
+    selector's option of that name)."""
     b, t = tokens_bt.shape
     cos, sin = llama._angles(b, t, 0)
     x = llama.embed(tokens_bt)
@@ -48,8 +57,13 @@ def predictor_masked_forward(
         up = jnp.einsum("btd,fd->btf", hn, ffn.w_up_fd[...])
         gate = jnp.einsum("btd,fd->btf", hn, ffn.w_gate_fd[...])
         act = ffn_activation(gate, up, ffn.kind)
-        pred = jit_logits(params[i], h.reshape(b * t, -1)).reshape(b, t, -1) >= thr_l[i]
+        logits = dense_position_logits(
+            jit_logits(params[i], h.reshape(b * t, -1)).reshape(b, t, -1), 0, dense_positions
+        )
         true = jnp.abs(act) > oracle_l[i]
+        pred = logits >= thr_l[i]
+        if use_oracle_l is not None:
+            pred = jnp.where(use_oracle_l[i], true, pred)
         counts.append(jnp.stack([(pred & true).sum(), pred.sum(), true.sum()]))
         x = h + down_project(jnp.where(pred, act, 0.0), ffn.w_down_fd[...])
     return llama.head(llama.output_norm(x)), jnp.stack(counts)
@@ -83,21 +97,31 @@ class PredictorEvaluator(ThresholdEvaluator):
         self.params = [{"fc1": jnp.asarray(w.fc1), "fc2": jnp.asarray(w.fc2)} for w in preds]
         gd = nnx.graphdef(self.llama)
 
-        def run(st: Any, p: Any, tok: jax.Array, thr: jax.Array, orc: jax.Array, ref: jax.Array):
-            logits, counts = predictor_masked_forward(nnx.merge(gd, st), tok, p, thr, orc)
+        def run(st: Any, p: Any, tok: jax.Array, thr: jax.Array, orc: jax.Array, use: jax.Array, ref: jax.Array,
+                dense: int):  # fmt: skip
+            logits, counts = predictor_masked_forward(nnx.merge(gd, st), tok, p, thr, orc, use, dense)
             return _nll_sum(logits, tok), (logits.argmax(-1) == ref).sum(), counts
 
-        self._run = jax.jit(run)
+        self._run = jax.jit(run, static_argnames=("dense",))
 
-    def evaluate_predictors(self, thresholds: np.ndarray, oracle: np.ndarray | None = None) -> PredictorResult:
+    def evaluate_predictors(
+        self,
+        thresholds: np.ndarray,
+        oracle: np.ndarray | None = None,
+        *,
+        oracle_layers: Sequence[int] = (),
+        dense_positions: int = 0,
+    ) -> PredictorResult:
         """Fidelity with predictor thresholds t_l; recall/precision against the oracle thresholds o_l (default:
-        +inf, no oracle comparison)."""
+        +inf, no oracle comparison). `oracle_layers` keep the oracle's set (needs `oracle`) instead of the
+        predictor's; `dense_positions`: the first N positions of each window keep every row."""
         n_layer = self.llama.cfg.n_layer
         thr = jnp.asarray(np.asarray(thresholds, np.float32))
         orc = jnp.asarray(np.full(n_layer, np.inf, np.float32) if oracle is None else np.asarray(oracle, np.float32))
+        use = jnp.asarray(np.isin(np.arange(n_layer), list(oracle_layers)))
         nll, agree, counts = 0.0, 0, np.zeros((n_layer, 3), np.int64)
         for tok, ref in zip(self._batches("evaluate predictors"), self._ref, strict=True):
-            n, a, c = self._run(self._state, self.params, tok, thr, orc, ref)
+            n, a, c = self._run(self._state, self.params, tok, thr, orc, use, ref, dense=int(dense_positions))
             nll += float(n)
             agree += int(a)
             counts += np.asarray(c, np.int64)
@@ -109,9 +133,15 @@ class PredictorEvaluator(ThresholdEvaluator):
 
 
 def layer_sensitivity(
-    ev: PredictorEvaluator, samples: Sequence[np.ndarray], grid: Sequence[float], *, progress: bool = True
+    ev: PredictorEvaluator,
+    samples: Sequence[np.ndarray],
+    grid: Sequence[float],
+    *,
+    progress: bool = True,
+    dense_positions: int = 0,
 ) -> np.ndarray:
-    """float64 [L, G]: the perplexity increase (relative) on ev's windows with only layer l gated at grid level g."""
+    """float64 [L, G]: the perplexity increase (relative) on ev's windows with only layer l gated at grid level g
+    (`samples` from `predictor_logit_samples` with the same `dense_positions`)."""
     from pijax.sparsity.oracle_predictors import logit_thresholds
 
     n_layer = len(samples)
@@ -122,7 +152,8 @@ def layer_sensitivity(
         for layer in range(n_layer):
             thr = np.full(n_layer, -np.inf, np.float32)
             thr[layer] = full[layer]
-            out[layer, g] = ev.evaluate_predictors(thr).ppl_increase if level > 0 else 0.0
+            res = ev.evaluate_predictors(thr, dense_positions=dense_positions) if level > 0 else None
+            out[layer, g] = 0.0 if res is None else res.ppl_increase
             bar.update()
     bar.close()
     return out
