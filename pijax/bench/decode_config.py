@@ -240,8 +240,9 @@ class BenchConfig:
             sweep_new=3,
             sweep_fractions=(0.1, 1.0),
             sweep_formats=("f32",),
-            lowp_formats=("int8",),
+            lowp_formats=self.lowp_formats if self.targets else ("int8",),
+            llamacpp_formats=(),
             probe_gb=0.05,
-            hybrid_budgets=("ffn:0%", "ffn:100%"),
+            hybrid_budgets=self.hybrid_budgets if self.targets else ("ffn:0%", "ffn:100%"),
             hybrid_profile_tokens=512,
         )

@@ -1,8 +1,10 @@
 """A user-built PowerInfer `main` (github.com/SJTU-IPADS/PowerInfer) as a timed reference, and its timing lines.
 
 pijax does not build PowerInfer: a user passes `--powerinfer-bin PATH` to `pijax.bench.decode`, which runs that
-binary on the same weights (greedy, `--ignore-eos`, the benchmark's thread count and token counts) and reads the
-tok/s it prints. PowerInfer is a fork of llama.cpp (late 2023) and prints llama.cpp's `llama_print_timings` block
+binary on the same weights (greedy: `--temp 0 --repeat-penalty 1.0`, `--ignore-eos`, the benchmark's thread count
+and token counts) and reads the tok/s it prints. It runs the file's predictors at the file's
+`powerinfer.sparse_threshold` (the `LLAMA_SPARSE_PRED_THRESHOLD` environment variable overrides it), as pijax's
+sparse engines do, and ReLU like pijax: the same function, unlike llama.cpp on these files. PowerInfer is a fork of llama.cpp (late 2023) and prints llama.cpp's `llama_print_timings` block
 on stderr:
 
     llama_print_timings: prompt eval time =     354.63 ms /    64 tokens (    5.54 ms per token,   180.47 tokens per second)
@@ -86,6 +88,8 @@ def command(
         "--ignore-eos",
         "--temp",
         "0",
+        "--repeat-penalty",  # main's default (1.1) is not greedy
+        "1.0",
         "--seed",
         "0",
         *extra,
