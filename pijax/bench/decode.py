@@ -18,6 +18,11 @@
 Everything is written to `out_dir` (results.json, decode.csv, sweep.csv, targets.md, PNGs). Timing never runs in
 CI: tests call this with `BenchConfig.smoke()`.
 
+`--targets S1,S2,S3,S4,S5,S6` measures issue 14's synthetic table: each target's pijax engine, format and
+reference are fixed in `decode_config.SYNTH_TARGETS` and decide the parts run (llama.cpp also on Q8_0/Q4_0
+copies; with `--powerinfer-bin`, PowerInfer's main on the f16 and Q4_0 PWRI copies); targets.md gives the ratio
+of medians with the worst pairing beside it, and says why a row did not run.
+
 `--model smollm2-135m --targets R1,R2,R3` measures the real-model targets instead (`pijax.bench.decode_real`:
 64-token prompt, 128 new tokens, pijax and llama.cpp paired round by round, optionally `--powerinfer-bin`).
 """
