@@ -123,11 +123,6 @@ def _load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _drop(*objs: Any) -> None:
-    del objs
-    gc.collect()
-
-
 def _llamacpp_round(files: ModelFiles, cfg: BenchConfig, results: dict[str, Any], tag: str) -> None:
     for storage in cfg.llamacpp_formats:
         path = files.plain(storage)
@@ -230,7 +225,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax exact zero-skip f32 (no predictor)")
         results["pijax_zeroskip_f32"] = r
         _report(r)
-        _drop(llama)
+        del llama  # before the next load: two 1.1B f32 models at once do not fit in 24 GiB
+        gc.collect()
 
     elif "dense_xla" in parts:  # the all-on-accelerator dense baseline only (no CPU kernels: runs on a GPU too)
         llama = load_llama(files.plain_f32, "f32", xla_ffn=True)
@@ -238,7 +234,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         r = _all_xla(llama, prompt, cfg, probe)
         results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
-        _drop(llama)
+        del llama  # before the next load: two 1.1B f32 models at once do not fit in 24 GiB
+        gc.collect()
 
     sparse_fmts = (["f32"] if parts & {"sparse", "sweep", "profile"} else []) + (
         list(cfg.lowp_formats) if "lowp" in parts else []
@@ -268,7 +265,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
             print(f"  profile: {json.dumps({k: round(v, 2) for k, v in results[f'profile_sparse_{fmt}'].items()})}")
         if "sweep" in parts and fmt in cfg.sweep_formats:
             results[f"sweep_{fmt}"] = sweep(llama, prompt, cfg, probe, st, wb)
-        _drop(llama)
+        del llama  # before the next load: two 1.1B f32 models at once do not fit in 24 GiB
+        gc.collect()
 
     policies = [p for part, p in (("hybrid", cfg.hybrid_policy), ("layers", "layers")) if part in parts]
     if policies:
