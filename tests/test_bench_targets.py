@@ -104,3 +104,25 @@ def test_powerinfer_targets_run_a_binary_on_pwri_copies_it_can_read(
     md = (tmp_path / "out" / "targets.md").read_text()
     assert "| S3 vs powerinfer_f16 | " in md and "| S5 vs powerinfer_q4_0 | " in md
     assert "| S5 vs llamacpp_q4_0 | not run |" in md  # the smoke run has no llama.cpp
+
+
+def test_a_measured_model_is_freed_when_dropped() -> None:
+    # The harness loads one multi-GB model after another: the counting engine's host callback (kept in jax's
+    # compilation cache) must not hold the engine, and so the weights, of a model already dropped.
+    import gc
+
+    import jax
+
+    from pijax.bench.decode_timing import measure_pijax
+    from pijax.model.convert import load_llama
+
+    tiny = Path(__file__).parent / "data" / "powerinfer_model_tiny" / "stories260K_relu.powerinfer.gguf"
+    gc.collect()
+    before = {id(a) for a in jax.live_arrays()}
+    llama = load_llama(tiny, "f32", progress=False)
+    weights = {id(a) for a in jax.tree.leaves(llama) if isinstance(a, jax.Array)}
+    r = measure_pijax(llama, [1, 5, 9, 12], 3, 1, None, "tiny")
+    assert r["timed_selected_per_layer"] is not None  # the counting engine ran
+    del llama
+    gc.collect()
+    assert not weights & ({id(a) for a in jax.live_arrays()} - before)
