@@ -20,6 +20,7 @@ import dataclasses
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,8 +110,9 @@ def run_once(
     binary = Path(binary).expanduser()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise DataError("not an executable file (build PowerInfer's main first)", binary)
-    cmd = command(binary, model, threads=threads, n_new=n_new, extra=extra)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    cmd = command(binary.resolve(), Path(model).resolve(), threads=threads, n_new=n_new, extra=extra)
+    with tempfile.TemporaryDirectory() as tmp:  # main writes main.log into its working directory
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=tmp)
     if res.returncode != 0:
         tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-2:])
         raise DataError(f"PowerInfer exited with {res.returncode}: {tail}", binary)
