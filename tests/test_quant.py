@@ -166,6 +166,18 @@ def test_convert_powerinfer_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert out.ggml_type("blk.0.ffn_down_t.weight") == GGMLType.F16
         assert out.ggml_type("blk.0.fc1.weight") == GGMLType.F16
         assert out.metadata["powerinfer.sparse_threshold"] == src.metadata["powerinfer.sparse_threshold"]
+    # Q4_0 has its own axpy kernel in PowerInfer: ffn_down_t and the predictors are Q4_0, as its quantize writes
+    # them (fc2's 16-wide rows are no whole Q4_0 block: F16).
+    out = read_gguf(convert_gguf(PWRI_MODEL, tmp_path / "q4_0.gguf", "q4_0", progress=False))
+    assert out.magic == "PWRI" and list(out.tensors) == list(src.tensors)
+    assert [out.ggml_type(f"blk.1.{t}.weight") for t in ("ffn_down_t", "ffn_gate", "fc1", "fc2", "attn_norm")] == [
+        GGMLType.Q4_0,
+        GGMLType.Q4_0,
+        GGMLType.Q4_0,
+        GGMLType.F16,
+        GGMLType.F32,
+    ]
+    assert out.metadata["general.file_type"] == 2  # llama.cpp's MOSTLY_Q4_0
     assert capsys.readouterr().err == ""
     out = read_gguf(convert_gguf(PWRI_MODEL, tmp_path / "f32.gguf", "f32", progress=False))
     assert out.ggml_type("blk.0.ffn_down_t.weight") == GGMLType.F32

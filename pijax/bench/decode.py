@@ -18,6 +18,11 @@
 Everything is written to `out_dir` (results.json, decode.csv, sweep.csv, targets.md, PNGs). Timing never runs in
 CI: tests call this with `BenchConfig.smoke()`.
 
+`--targets S1,S2,S3,S4,S5,S6` measures issue 14's synthetic table: each target's pijax engine, format and
+reference are fixed in `decode_config.SYNTH_TARGETS` and decide the parts run (llama.cpp also on Q8_0/Q4_0
+copies; with `--powerinfer-bin`, PowerInfer's main on the f16 and Q4_0 PWRI copies); targets.md gives the ratio
+of medians with the worst pairing beside it, and says why a row did not run.
+
 `--model smollm2-135m --targets R1,R2,R3` measures the real-model targets instead (`pijax.bench.decode_real`:
 64-token prompt, 128 new tokens, pijax and llama.cpp paired round by round, optionally `--powerinfer-bin`).
 """
@@ -44,7 +49,7 @@ from pijax.bench.decode_bytes import kv_bytes, selection_stats, step_bytes, weig
 from pijax.bench.decode_config import BenchConfig
 from pijax.bench.decode_timing import measure_pijax, profile_step, raise_bound, spread, with_bound
 from pijax.bench.dense_decode import BandwidthProbe
-from pijax.errors import DataError, PijaxError
+from pijax.errors import ConfigError, DataError, PijaxError
 from pijax.kernels import build, ops
 from pijax.model.convert import load_llama, use_kernels
 from pijax.model.llama import Llama
@@ -58,6 +63,27 @@ class ModelFiles:
     pwri: Path  # the synthetic PowerInfer-style file (predictors, ffn_down_t)
     plain_f32: Path  # llama.cpp-loadable copies of the same weights
     plain_f16: Path
+
+    def plain(self, fmt: str) -> Path:
+        """The llama.cpp-loadable copy in `fmt`; Q8_0/Q4_0 copies are quantized from the f32 one on first use
+        (`pijax.io.convert`), and pijax's block-format engines read their blocks as they are."""
+        if fmt in ("f32", "f16"):
+            return self.plain_f32 if fmt == "f32" else self.plain_f16
+        path = self.plain_f32.with_name(self.plain_f32.name.replace(".plain-f32.", f".plain-{fmt}."))
+        if not path.is_file() or path.stat().st_mtime < self.plain_f32.stat().st_mtime:
+            from pijax.io.convert import convert_gguf
+
+            convert_gguf(self.plain_f32, path, fmt, force=True)  # type: ignore[arg-type]
+        return path
+
+    def powerinfer(self, fmt: str) -> Path:
+        """The PWRI file in `fmt` for PowerInfer's main (`pijax.io.convert` keeps the magic and the predictors)."""
+        path = self.pwri.with_name(f"{self.pwri.stem}.{fmt}.gguf")
+        if not path.is_file() or path.stat().st_mtime < self.pwri.stat().st_mtime:
+            from pijax.io.convert import convert_gguf
+
+            convert_gguf(self.pwri, path, fmt, force=True)  # type: ignore[arg-type]
+        return path
 
 
 def is_model_file(preset: str) -> bool:
@@ -97,13 +123,9 @@ def _load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _drop(*objs: Any) -> None:
-    del objs
-    gc.collect()
-
-
 def _llamacpp_round(files: ModelFiles, cfg: BenchConfig, results: dict[str, Any], tag: str) -> None:
-    for storage, path in (("f32", files.plain_f32), ("f16", files.plain_f16)):
+    for storage in cfg.llamacpp_formats:
+        path = files.plain(storage)
         print(f"llama.cpp {storage} dense ({tag}) ...", flush=True)
         r = llamacpp.measure_in_child(
             path, n_threads=cfg.threads, n_prompt=cfg.n_prompt, n_new=cfg.n_new, repeats=cfg.repeats
@@ -203,7 +225,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         r = measure_pijax(llama, prompt, cfg.n_new, cfg.repeats, probe, "pijax exact zero-skip f32 (no predictor)")
         results["pijax_zeroskip_f32"] = r
         _report(r)
-        _drop(llama)
+        del llama  # before the next load: two 1.1B f32 models at once do not fit in 24 GiB
+        gc.collect()
 
     elif "dense_xla" in parts:  # the all-on-accelerator dense baseline only (no CPU kernels: runs on a GPU too)
         llama = load_llama(files.plain_f32, "f32", xla_ffn=True)
@@ -211,13 +234,16 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
         r = _all_xla(llama, prompt, cfg, probe)
         results["pijax_dense_f32_xla"] = with_bound(r, step_bytes(wb, kv_bytes(llama, r["n_cache"]), None, None))
         _report(r)
-        _drop(llama)
+        del llama  # before the next load: two 1.1B f32 models at once do not fit in 24 GiB
+        gc.collect()
 
     sparse_fmts = (["f32"] if parts & {"sparse", "sweep", "profile"} else []) + (
         list(cfg.lowp_formats) if "lowp" in parts else []
     )
     for fmt in sparse_fmts:
-        src = files.plain_f32 if fmt == "f32" else files.plain_f16
+        # Block formats read the plain Q8_0/Q4_0 copy's own blocks (the bytes llama.cpp runs); f16/bf16/int8 rows
+        # are converted from the f16 copy.
+        src = files.plain(fmt) if fmt in ("f32", "q8_0", "q4_0") else files.plain_f16
         llama = load_llama(src, fmt, predictors_from=files.pwri)
         wb = weight_bytes(llama)
         key = f"pijax_sparse_{fmt}"
@@ -239,7 +265,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
             print(f"  profile: {json.dumps({k: round(v, 2) for k, v in results[f'profile_sparse_{fmt}'].items()})}")
         if "sweep" in parts and fmt in cfg.sweep_formats:
             results[f"sweep_{fmt}"] = sweep(llama, prompt, cfg, probe, st, wb)
-        _drop(llama)
+        del llama  # before the next load: two 1.1B f32 models at once do not fit in 24 GiB
+        gc.collect()
 
     policies = [p for part, p in (("hybrid", cfg.hybrid_policy), ("layers", "layers")) if part in parts]
     if policies:
@@ -250,7 +277,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
     if "llamacpp" in parts and ok:
         _llamacpp_round(files, cfg, results, "after")
     if cfg.powerinfer_bin:
-        results["powerinfer_f16"] = _powerinfer(files.pwri, cfg)
+        for fmt in cfg.powerinfer_formats:
+            results[f"powerinfer_{fmt}"] = _powerinfer(files, fmt, cfg)
     if "size" in parts or "ffn" in parts:
         from pijax.bench import ffn_kernel, size_scaling
 
@@ -269,26 +297,33 @@ def run_bench(cfg: BenchConfig, out_dir: Path, hardware: Any = None) -> dict[str
     return results
 
 
-def _powerinfer(pwri: Path, cfg: BenchConfig) -> dict[str, Any] | str:
-    """A user-built PowerInfer main on an f16 copy of the PWRI file, `repeats` runs; or why it could not run."""
+def _powerinfer(files: ModelFiles, fmt: str, cfg: BenchConfig) -> dict[str, Any] | str:
+    """A user-built PowerInfer main on the PWRI file in `fmt` (at the file's own threshold, as pijax's sparse
+    engines), `repeats` runs after one warm-up; or why it could not run."""
     from pijax.bench import powerinfer
-    from pijax.io.convert import convert_gguf
 
-    f16 = pwri.with_name(pwri.stem + ".f16.gguf")
+    print(f"PowerInfer {fmt} ...", flush=True)
     runs = []
     try:
-        if not f16.is_file():
-            convert_gguf(pwri, f16, "f16")
-        for _ in range(cfg.repeats):
+        path = files.powerinfer(fmt)
+        for i in range(cfg.repeats + 1):
             t = powerinfer.run_once(
-                cfg.powerinfer_bin, f16, threads=cfg.threads, n_new=cfg.n_new, extra=cfg.powerinfer_args
+                cfg.powerinfer_bin, path, threads=cfg.threads, n_new=cfg.n_new, extra=cfg.powerinfer_args
             )
+            if i == 0:
+                continue  # the warm-up: pages the file in
             runs.append(dataclasses.asdict(t) | {"decode_tok_s": t.decode_tok_s, "prefill_tok_s": t.prefill_tok_s})
     except PijaxError as e:
         print(f"PowerInfer: {e}", flush=True)
         return str(e)
     dec = [r["decode_tok_s"] for r in runs]
-    return {"runs": runs, "decode_tok_s": spread(dec), "prefill_tok_s": spread([r["prefill_tok_s"] for r in runs])}
+    print(f"  decode {spread(dec)['median']:.2f} tok/s", flush=True)
+    return {
+        "runs": runs,
+        "file": str(path),
+        "decode_tok_s": spread(dec),
+        "prefill_tok_s": spread([r["prefill_tok_s"] for r in runs]),
+    }
 
 
 def _llamacpp_floor(results: dict[str, Any]) -> None:
@@ -379,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default=",".join(BenchConfig().parts))
+    ap.add_argument("--parts", default=None, help=f"default: {','.join(BenchConfig().parts)}")
     ap.add_argument("--repeats", type=int, default=BenchConfig().repeats)
     ap.add_argument("--n-new", type=int, default=BenchConfig().n_new)
     ap.add_argument("--n-prompt", type=int, default=None, help="default: 128 (synthetic), 64 (--model)")
@@ -391,8 +426,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="", help="a real model (registry name or GGUF): its targets, paired run by run")
     ap.add_argument(
         "--targets",
-        default="R1",
-        help="with --model: names of pijax.bench.decode_real.REAL_TARGETS, or dense/sparse/all",
+        default="",
+        help="with --model: names of pijax.bench.decode_real.REAL_TARGETS, or dense/sparse/all (default R1); "
+        "without: which of S1-S6 (issue 14's synthetic table, decode_config.SYNTH_TARGETS), measuring exactly "
+        "what they need",
     )
     ap.add_argument("--fidelity-windows", type=int, default=16, help="held-out windows behind each sparse target's ppl")
     ap.add_argument("--powerinfer-bin", default="", help="a user-built PowerInfer main, timed on the same files")
@@ -406,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             rc = RealBenchConfig(
                 model=a.model,
-                targets=expand_targets(a.targets),
+                targets=expand_targets(a.targets or "R1"),
                 fidelity_windows=a.fidelity_windows,
                 n_prompt=a.n_prompt or RealBenchConfig().n_prompt,
                 n_new=a.n_new,
@@ -419,9 +456,12 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"pijax: error: {e}") from None
         return
     try:
+        if a.targets and a.parts:
+            raise ConfigError("--targets decides the parts itself: give --targets or --parts, not both")
         cfg = BenchConfig(
             preset=a.preset,
-            parts=tuple(a.parts.split(",")),
+            parts=tuple(a.parts.split(",")) if a.parts else BenchConfig().parts,
+            targets=tuple(a.targets.split(",")) if a.targets else (),
             repeats=a.repeats,
             n_new=a.n_new,
             n_prompt=a.n_prompt or BenchConfig().n_prompt,
@@ -429,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
             hybrid_policy=a.policy,
             powerinfer_bin=a.powerinfer_bin,
             powerinfer_args=tuple(a.powerinfer_args.split()),
-        )
+        ).for_targets()
         run_bench(cfg, a.out, HardwareConfig(platform=a.hardware))
     except PijaxError as e:
         raise SystemExit(f"pijax: error: {e}") from None

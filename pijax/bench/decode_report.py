@@ -35,9 +35,58 @@ def _fixed(results: dict[str, Any]) -> dict[str, str]:
     return {k: cfg.get(k, getattr(base, k)) for k in ("t1_engine", "t3_format", "t4_case")}
 
 
+def _selected(res: dict[str, Any]) -> str:
+    sel = res.get("selection", {})
+    frac = sel.get("timed_selected_fraction", sel.get("selected_fraction"))
+    return "" if frac is None else f", {frac:.1%} selected in the timed steps"
+
+
+def synth_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's S rows for the targets the run's config named (`decode_config.SYNTH_TARGETS`: each row's engine
+    and reference fixed there). A row whose engine or reference did not run says why instead of a ratio."""
+    from pijax.bench.decode_config import SYNTH_TARGETS
+
+    rows: list[dict[str, Any]] = []
+    for name in results.get("config", {}).get("targets", ()):
+        for t in SYNTH_TARGETS[name]:
+            num, den = results.get(t.pijax), results.get(t.reference)
+            what = f"{t.what}: {t.pijax} / {t.reference}"
+            row = {"target": f"{name} vs {t.reference}", "goal": t.goal, "what": what}
+            if isinstance(num, dict) and isinstance(den, dict) and "decode_tok_s" in num and "decode_tok_s" in den:
+                r = _ratio(num["decode_tok_s"], den["decode_tok_s"])
+                rows.append(row | r | {"met": r["ratio"] >= t.goal, "what": what + _selected(num)})
+            else:
+                why = next((x for x in (num, den) if isinstance(x, str)), None)
+                if why is None and t.reference.startswith("powerinfer") and not results["config"].get("powerinfer_bin"):
+                    why = "no --powerinfer-bin given"
+                missing = t.pijax if not isinstance(num, dict) else t.reference
+                rows.append(row | {"not_run": why or f"{missing} was not measured"})
+            if name == "S2" and isinstance(num, dict) and "share_of_bound_bound" in num:
+                rows.append(_share_row("S2 share of bound", num, 0.75))
+    return rows
+
+
+def _share_row(target: str, sp: dict[str, Any], goal: float) -> dict[str, Any]:
+    s, t = sp["share_of_bound_bound"], sp.get("share_of_touched_bound", {})
+    return {
+        "target": target,
+        "ratio": s["median"],
+        "min": s["min"],
+        "max": s["max"],
+        "goal": goal,
+        "met": s["median"] >= goal,
+        "what": f"bytes: attention+head+predictors+3 rows per selected neuron (counted in the timed steps)+KV"
+        f" = {sp['bound_bytes'] / 1e9:.3f} GB; of bytes touched ({sp['touched_bytes'] / 1e9:.3f} GB):"
+        f" {t.get('median', float('nan')):.0%}",
+    }
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target: name, ratio, min, max, goal, met, what was compared. Each target reads the one engine
-    its config named before the run (`_fixed`); none is picked after it."""
+    its config named before the run (`_fixed`); none is picked after it. A run with `targets` (S1-S6) reports
+    those (`synth_targets`), else the T rows."""
+    if results.get("config", {}).get("targets"):
+        return synth_targets(results)
     rows: list[dict[str, Any]] = []
     fixed = _fixed(results)
     l32, l16 = results.get("llamacpp_f32"), results.get("llamacpp_f16")
@@ -57,19 +106,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     if sp and "share_of_bound_bound" in sp:
-        s = sp["share_of_bound_bound"]
-        t = sp.get("share_of_touched_bound", {})
-        rows.append(
-            {
-                "target": "T2 share of bound",
-                "ratio": s["median"],
-                "min": s["min"],
-                "max": s["max"],
-                "what": f"bytes: attention+head+predictors+3 rows per selected neuron (counted in the timed steps)+KV"
-                f" = {sp['bound_bytes'] / 1e9:.3f} GB; of bytes touched ({sp['touched_bytes'] / 1e9:.3f} GB):"
-                f" {t.get('median', float('nan')):.0%}",
-            }
-        )
+        rows.append(_share_row("T2 share of bound", sp, GOALS["T2 share of bound"]))
     low = results.get(f"pijax_sparse_{fixed['t3_format']}")
     if low and l16:
         what = f"pijax_sparse_{fixed['t3_format']}"
@@ -101,6 +138,9 @@ def targets_markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in targets(results):
+        if "not_run" in r:
+            lines.append(f"| {r['target']} | not run | | | >= {r['goal']} | NO | {r['what']}: {r['not_run']} |")
+            continue
         lines.append(
             f"| {r['target']} | {r['ratio']:.2f} | {r['min']:.2f} | {r['max']:.2f} | >= {r['goal']} | "
             f"{'yes' if r['met'] else 'NO'} | {r['what']} |"
@@ -114,6 +154,12 @@ def targets_markdown(results: dict[str, Any]) -> str:
             f"\nBandwidth of the bound: the higher of the probe (median "
             f"{'n/a' if not probe else f'{sorted(probe)[len(probe) // 2] / 1e9:.1f}'} GB/s) and llama.cpp f32's own "
             f"effective rate ({results['llamacpp_f32_effective_GBps']:.1f} GB/s = its tok/s x the dense step's bytes)."
+        )
+    if any(isinstance(v, dict) for k, v in results.items() if k.startswith("powerinfer_")):
+        lines.append(
+            "\nPowerInfer runs the PWRI copy's own predictors at the file's threshold, as pijax's sparse engines do, "
+            "and the same ReLU function; it prints no selection count, so its active fraction is the same rule's, "
+            "not a count."
         )
     if results.get("synthetic", True) and not results.get("llamacpp_missing"):
         lines.append(

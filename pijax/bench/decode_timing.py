@@ -59,7 +59,10 @@ class CountingEngine(Engine):
             new_cache.append(layer_cache)
             sel.append(n_sel.reshape(-1)[0])
         logits = model.head(model.output_norm(x))[:, 0]
-        jax.debug.callback(lambda n: self.counts.append(np.asarray(n)), jnp.stack(sel))
+        # The callback outlives the engine in jax's compilation cache: it holds the list, never `self` (which
+        # would keep the engine's weights alive after the model is dropped).
+        counts = self.counts
+        jax.debug.callback(lambda n: counts.append(np.asarray(n)), jnp.stack(sel))
         return sample_logits(logits, jax.random.fold_in(key, pos + 1), sampling), logits, new_cache, pos + 1
 
 

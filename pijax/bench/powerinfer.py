@@ -1,8 +1,10 @@
 """A user-built PowerInfer `main` (github.com/SJTU-IPADS/PowerInfer) as a timed reference, and its timing lines.
 
 pijax does not build PowerInfer: a user passes `--powerinfer-bin PATH` to `pijax.bench.decode`, which runs that
-binary on the same weights (greedy, `--ignore-eos`, the benchmark's thread count and token counts) and reads the
-tok/s it prints. PowerInfer is a fork of llama.cpp (late 2023) and prints llama.cpp's `llama_print_timings` block
+binary on the same weights (greedy: `--temp 0 --repeat-penalty 1.0`, `--ignore-eos`, the benchmark's thread count
+and token counts) and reads the tok/s it prints. It runs the file's predictors at the file's
+`powerinfer.sparse_threshold` (the `LLAMA_SPARSE_PRED_THRESHOLD` environment variable overrides it), as pijax's
+sparse engines do, and ReLU like pijax: the same function, unlike llama.cpp on these files. PowerInfer is a fork of llama.cpp (late 2023) and prints llama.cpp's `llama_print_timings` block
 on stderr:
 
     llama_print_timings: prompt eval time =     354.63 ms /    64 tokens (    5.54 ms per token,   180.47 tokens per second)
@@ -18,6 +20,7 @@ import dataclasses
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,6 +89,8 @@ def command(
         "--ignore-eos",
         "--temp",
         "0",
+        "--repeat-penalty",  # main's default (1.1) is not greedy
+        "1.0",
         "--seed",
         "0",
         *extra,
@@ -105,8 +110,9 @@ def run_once(
     binary = Path(binary).expanduser()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise DataError("not an executable file (build PowerInfer's main first)", binary)
-    cmd = command(binary, model, threads=threads, n_new=n_new, extra=extra)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    cmd = command(binary.resolve(), Path(model).resolve(), threads=threads, n_new=n_new, extra=extra)
+    with tempfile.TemporaryDirectory() as tmp:  # main writes main.log into its working directory
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=tmp)
     if res.returncode != 0:
         tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-2:])
         raise DataError(f"PowerInfer exited with {res.returncode}: {tail}", binary)

@@ -9,10 +9,13 @@ Every metadata key is kept with its GGUF type (tokenizer, chat template, PowerIn
 - Matrices get the target type; tensors that already have it are copied byte for byte. Rows that are not a
   multiple of the type's block (32) fall back to F16. Quantization is `gguf.quants.quantize` (numpy ports of
   llama.cpp's reference quantizers).
-- PWRI files: PowerInfer's CPU sparse path reads `ffn_down_t` as f16 whatever type the file declares, so for
-  `--to f16` and `--to q8_0` it is written as F16 (an f32 or q8_0 `ffn_down_t` decodes garbage there). `--to f32`
-  keeps it f32 for pijax's parity work and says on stderr that PowerInfer cannot run that file. PWRI predictors
-  stay F16 under the lower precisions: they are small, and their output is thresholded.
+- PWRI files: PowerInfer's CPU sparse path reads `ffn_down_t` as f16 whatever type the file declares, except
+  Q4_0, which has its own kernel (`ggml_compute_forward_mul_mat_axpy_q4_0`). So `--to q4_0` writes it Q4_0, as
+  PowerInfer's own quantize does, and every other `--to` but f32 writes it F16 (an f32 or q8_0 `ffn_down_t`
+  loads without complaint and decodes garbage there). `--to f32` keeps it f32 for pijax's parity work and says
+  on stderr that PowerInfer cannot run that file. PWRI predictors are Q4_0 under `--to q4_0` (PowerInfer's
+  quantize does the same: at 10% active, f16 predictors would be more bytes per token than the selected Q4 rows)
+  and F16 under the other lower precisions; their output is only thresholded.
 - Non-float tensors (PowerInfer's type-18 I32) are copied as they are.
 The input is only read (memory-mapped, read-only); the output is written to a temporary file beside it and
 renamed into place, so a failed or interrupted run leaves no partial file. OUT may not be IN.
@@ -42,6 +45,9 @@ FILE_TYPE = {t: int(gguf.LlamaFileType["ALL_F32" if t == "f32" else "MOSTLY_" + 
 FILE_TYPE_KEY = "general.file_type"
 PROGRESS_MIN_BYTES = 64 << 20
 _PREDICTOR_SUFFIXES = (".fc1.weight", ".fc2.weight")
+# The ffn_down_t types PowerInfer's CPU sparse path reads as declared: its axpy kernel has a Q4_0 variant and
+# otherwise reads the rows as f16 (f32 is kept for pijax's own parity work, with a warning).
+_POWERINFER_DOWN_T = ("f32", "q4_0")
 
 
 def output_type(f: GGUFFile, name: str, to: Target) -> GGMLType:
@@ -52,11 +58,11 @@ def output_type(f: GGUFFile, name: str, to: Target) -> GGMLType:
     shape = f.tensors[name].shape
     if len(shape) < 2:
         return GGMLType.F32
-    if f.magic == "PWRI" and name.endswith(".ffn_down_t.weight") and to != "f32":
-        return GGMLType.F16
     target = _TARGET_TYPE[to]
-    if target not in (GGMLType.F32, GGMLType.F16) and f.magic == "PWRI" and name.endswith(_PREDICTOR_SUFFIXES):
+    if f.magic == "PWRI" and name.endswith(".ffn_down_t.weight") and to not in _POWERINFER_DOWN_T:
         return GGMLType.F16
+    if f.magic == "PWRI" and name.endswith(_PREDICTOR_SUFFIXES) and target not in (GGMLType.F32, GGMLType.F16):
+        target = GGMLType.Q4_0 if to == "q4_0" else GGMLType.F16
     if shape[-1] % gguf.GGML_QUANT_SIZES[target][0]:
         return GGMLType.F16
     return target
@@ -163,8 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a copy of a GGUF model at another precision; every metadata key is kept.",
         epilog=(
             "1-D tensors stay f32. For PowerInfer (PWRI) files ffn_down_t is written as f16 for every --to but "
-            "f32, because PowerInfer's CPU sparse path reads ffn_down_t as f16 whatever type the file "
-            "declares (an f32 PWRI file decodes garbage there); --to f32 keeps it f32 for pijax and warns. "
+            "f32 and q4_0, because PowerInfer's CPU sparse path reads ffn_down_t as f16 whatever type the file "
+            "declares, Q4_0 excepted (an f32 PWRI file decodes garbage there); --to f32 keeps it f32 for pijax "
+            "and warns; --to q4_0 writes ffn_down_t and the predictors Q4_0, as PowerInfer's quantize does. "
             "IN is never written; OUT is written to a temporary file and renamed into place."
         ),
     )

@@ -14,7 +14,8 @@ from pijax.run_config import RunConfig
 def run(cfg: RunConfig, out_dir: Path) -> float:
     from pijax.bench.decode import run_bench
 
-    bcfg = cfg.bench.smoke() if cfg.smoke else cfg.bench
+    bcfg = cfg.bench.for_targets()  # bench.targets=[S1,...]: what those targets need, fixed before the run
+    bcfg = bcfg.smoke() if cfg.smoke else bcfg
     target = out_dir if cfg.smoke else Path(bcfg.out_dir or "experiments/bench")
     results = run_bench(bcfg, target, cfg.hardware)
     best = results.get("pijax_sparse_f32") or results.get("pijax_dense_f32_kernel") or {}
