@@ -340,7 +340,8 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
 
 
 def redraw(folder: Path, model: str) -> tuple[Path, list[dict[str, Any]]]:
-    """Redraw `model`'s PNG in `folder` from the newest row per (policy, budget) of folder/results.csv."""
+    """Redraw `model`'s PNGs in `folder` (decode tok/s, returned, and hot share against resident memory) from the
+    newest row per (policy, budget) of folder/results.csv."""
     rows = [_typed(r) for r in _latest(read_results_csv(folder / "results.csv")) if r.get("model") == model]
     rows.sort(key=lambda r: (str(r["policy"]), float(r["resident_mib"])))
     synthetic = any(r.get("label") == "synthetic" for r in rows)
@@ -353,6 +354,17 @@ def redraw(folder: Path, model: str) -> tuple[Path, list[dict[str, Any]]]:
         title=f"{model} on {rows[0]['hardware']}",
         xlabel="resident accelerator memory (MiB)",
         ylabel="decode tokens/s (median)",
+        labels=["synthetic"] if synthetic else [],
+    )
+    plot_lines(  # how much of the activations each budget's hot set catches: the power law, or its absence
+        rows,
+        "resident_mib",
+        "hot_share",
+        "policy",
+        folder / f"hot_share_vs_vram_{BenchModel(None, Path(), '', model).slug}.png",
+        title=f"{model}: share of profiled activations on hot rows",
+        xlabel="resident accelerator memory (MiB)",
+        ylabel="hot share of activations",
         labels=["synthetic"] if synthetic else [],
     )
     return png, rows
