@@ -18,7 +18,7 @@ POLICIES = ("neuron_greedy", "layers")
 BUDGETS = ("ffn:20%", "ffn:60%")
 
 
-def _run(tmp: Path, *overrides: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+def _run(tmp: Path, *overrides: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     # Smoke timings are not results: XLA's cheapest optimisation level compiles the engine's programs faster.
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", WANDB_MODE="offline")
