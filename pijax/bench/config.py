@@ -33,6 +33,9 @@ class SweepConfig:
     trace_tokens: per-token masks kept for the cost model's prediction on `simulate_profile` (a
       pijax.index.hardware preset; "" skips it).
     dense_baseline: also time the dense engine (once per process and model) for a speed-up column.
+    sparsity: for a model gated by predictors, the share of FFN rows they skip, their per-layer cut-offs calibrated
+      on the corpus' training split; None: the predictors' own cut-offs (a SiLU model's oracle predictors: chosen
+      in training, pijax.engine.predictor_choice; a model file's: its threshold).
     """
 
     name: str = "sweep"
@@ -53,6 +56,7 @@ class SweepConfig:
     trace_tokens: int = 256
     simulate_profile: str = "cpu"
     dense_baseline: bool = True
+    sparsity: float | None = None
 
     def __post_init__(self) -> None:
         if self.source not in MASK_SOURCES:
@@ -61,6 +65,10 @@ class SweepConfig:
         bad = [k for k, v in small.items() if v < 1]
         if bad or self.warmup < 0 or self.eval_windows < 0 or self.trace_tokens < 0:
             raise ConfigError(f"sweep: {bad or 'warmup/eval_windows/trace_tokens'} must be positive")
+        if self.sparsity is not None and (
+            isinstance(self.sparsity, bool) or not isinstance(self.sparsity, int | float) or not 0 <= self.sparsity < 1
+        ):
+            raise ConfigError(f"sweep.sparsity must be null or a share in [0, 1), got {self.sparsity!r}")
         if self.eval_seq_len > self.n_ctx or self.eval_seq_len < 2:
             raise ConfigError(f"sweep.eval_seq_len must be in [2, n_ctx={self.n_ctx}], got {self.eval_seq_len}")
         if self.prompt_tokens + self.new_tokens > self.n_ctx:

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pijax.errors import ConfigError
 from pijax.paths import RELU_STORIES260K, RELU_STORIES260K_PREDICTORS, default_relu_model
 
 RELU, RELU_PREDICTORS = RELU_STORIES260K, RELU_STORIES260K_PREDICTORS  # the notebooks' names
@@ -61,7 +60,8 @@ class BenchModel:
 
     @property
     def has_predictors(self) -> bool:
-        return self.model.checkpoint.weights.predictors is not None
+        """The file carries predictors, or the model is SiLU (its oracle predictors: pijax.engine.predictor_choice)."""
+        return self.model.checkpoint.weights.predictors is not None or self.model.config.ffn_act == "silu"
 
 
 def load_bench_model(path: Path, ffn_act: Any, host: Any) -> BenchModel:
@@ -75,17 +75,13 @@ def load_bench_model(path: Path, ffn_act: Any, host: Any) -> BenchModel:
         with jax.default_device(host):
             model = load_model(path, ffn_act=ffn_act)
         # The Flax module holds the weights; the checkpoint's numpy copy of them would double a 1B model's
-        # memory. Keep only what the benchmarks read from it: the predictors and their threshold.
-        w = model.checkpoint.weights
-        empty = np.zeros((0, 0), np.float32)
-        lean = dataclasses.replace(w, token_embd=empty, output=empty, layers=[])
-        model.checkpoint = dataclasses.replace(model.checkpoint, weights=lean)
-        if model.config.ffn_act == "silu":
-            raise ConfigError(
-                "throughput sweeps need a ReLU-family model (hybrid execution, as PowerInfer); "
-                "e.g. pijax/assets/stories260K_relu.gguf or sweep.synthetic=tinyllama-1.1b",
-                path,
-            )
+        # memory. Keep only what the benchmarks read from it: the predictors and their threshold. A SiLU model
+        # keeps them: its oracle predictors are found by the weights' fingerprint (pijax.sparsity.predictor_store).
+        if model.config.ffn_act != "silu":
+            w = model.checkpoint.weights
+            empty = np.zeros((0, 0), np.float32)
+            lean = dataclasses.replace(w, token_embd=empty, output=empty, layers=[])
+            model.checkpoint = dataclasses.replace(model.checkpoint, weights=lean)
         synthetic = spec_from_metadata(model.checkpoint.metadata) is not None
         name = str(model.checkpoint.metadata.get("general.name") or Path(path).stem)
         if synthetic and "synthetic" not in name:

@@ -121,10 +121,12 @@ class Trace:
 
 
 def resolve_source(source: str, model: Any) -> str:
-    """'auto' -> 'predictor' when the model file carries predictors, else 'oracle'."""
+    """'auto' -> 'predictor' when the model file carries predictors or the model is SiLU (which only its oracle
+    predictors can gate: pijax.engine.predictor_choice), else 'oracle'."""
     if source != "auto":
         return source
-    return "predictor" if model.checkpoint.weights.predictors is not None else "oracle"
+    gated = model.checkpoint.weights.predictors is not None or model.config.ffn_act == "silu"
+    return "predictor" if gated else "oracle"
 
 
 def collect_trace(

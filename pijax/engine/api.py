@@ -57,10 +57,11 @@ def check_mode(mode: str, ffn_act: str, *, hybrid: bool = False) -> None:
         raise ConfigError(f"mode={mode!r} is not one of {MODES}")
     if ffn_act == "silu" and mode == "relu":
         raise ConfigError("mode='relu' skips exact zeros, which a SiLU model never produces; use mode='threshold'")
-    if hybrid and ffn_act == "silu":
+    if hybrid and ffn_act == "silu" and mode != "predictor":
         raise ConfigError(
             f"a hybrid engine for a SiLU model needs a sparse selector it can place; mode={mode!r} on SiLU selects "
-            "every row, and mode='threshold' runs only on one device (m.sparse(mode='threshold')): relufy the model"
+            "every row, and mode='threshold' runs only on one device (m.sparse(mode='threshold')): use "
+            "mode='predictor' (its oracle predictors) or relufy the model"
         )
     if hybrid and mode == "threshold":
         raise ConfigError("mode='threshold' runs on one device only (m.sparse); the hybrid engine needs a ReLU model")
@@ -126,42 +127,30 @@ def sparse_model(
     if criterion != "oracle" and (mode != "threshold" or capacity_quantile is not None or capacities is not None):
         raise ConfigError(f"criterion={criterion!r} applies to mode='threshold' without a capacity")
     module = nnx.clone(model.module)
+    got: dict[str, np.ndarray] = {}
+
+    def windows() -> np.ndarray:  # the corpus' training windows, read once and only when needed
+        if "w" not in got:
+            got["w"] = _windows(model, corpus_path, seq_len, calibration_tokens)
+        return got["w"]
+
     preds = None
     if mode == "predictor":
-        preds = model.checkpoint.weights.predictors
-        if preds is None and cfg.ffn_act == "silu":
-            from pijax.sparsity.predictor_store import predictors_for
+        from pijax.engine.predictor_choice import choose_predictors
 
-            store = predictors_for(model)
-            preds = store.weights
-            if pred_threshold is None and sparsity is None:
-                pred_threshold = store.decision_thresholds
-        if preds is None:
-            raise ConfigError(
-                f"mode='predictor' needs predictors (blk.N.fc1/fc2); {model.checkpoint.gguf.path} has none"
-            )
-        if pred_threshold is None and sparsity is None:
-            pred_threshold = float(model.checkpoint.weights.sparse_threshold)
-    windows = None
-    calibrate = mode == "threshold" or (mode == "predictor" and sparsity is not None and pred_threshold is None)
-    if calibrate or (capacity_quantile is not None and capacities is None):
-        windows = _windows(model, corpus_path, seq_len, calibration_tokens)
+        preds, pred_threshold = choose_predictors(
+            model, sparsity=sparsity, pred_threshold=pred_threshold, windows=windows, dense_positions=dense_positions
+        )
     thresholds = None
     if mode == "threshold":
         from pijax.sparsity.thresholds import calibrate_thresholds
 
         target = 0.5 if sparsity is None else sparsity
-        thresholds = calibrate_thresholds(model.module, windows, target, criterion=criterion, progress=False)
-    elif calibrate:
-        from pijax.sparsity.oracle_predictors import calibrate_logit_thresholds
-
-        pred_threshold = list(
-            calibrate_logit_thresholds(model.module, preds, windows, sparsity, dense_positions=dense_positions)
-        )
+        thresholds = calibrate_thresholds(model.module, windows(), target, criterion=criterion, progress=False)
     if capacities is None and capacity_quantile is not None:
         counts = mask_counts(
             model.module,
-            windows,
+            windows(),
             mode=mode,
             predictors=preds,
             pred_threshold=pred_threshold or 0.0,
@@ -200,12 +189,15 @@ def hybrid_model(
     placement: Any = None,
     index_path: str | os.PathLike[str] | None = None,
     capacity_quantile: float | None = 1.0,
+    sparsity: float | None = None,
     **options: Any,
 ) -> Any:
     """A budget-checked hybrid engine (pijax.engine.pipeline.HybridSetup): the gpuidx's hot rows on the
     accelerators, the rest on the host. budget: bytes, "2GiB", or "ffn:30%" (the dense part plus 30% of the FFN
     rows). policy: a gpuidx policy (pijax.index.POLICIES). index_path: where the gpuidx is cached (default next
-    to the model file). options go to `prepare_hybrid` (stats, corpus_path, n_ctx, index_cfg fields...)."""
+    to the model file). sparsity (mode "predictor"): the share of rows the predictors skip, their cut-offs
+    calibrated on the corpus' training split (pijax.engine.predictor_choice; a SiLU model's oracle predictors
+    must be shipped or cached). options go to `prepare_hybrid` (stats, corpus_path, n_ctx, index_cfg fields...)."""
     from pijax.engine.pipeline import prepare_hybrid
     from pijax.index import IndexConfig
     from pijax.index.budget import check_budget
@@ -214,15 +206,37 @@ def hybrid_model(
     check_mode(mode, model.config.ffn_act, hybrid=True)
     index_fields = {f.name for f in dataclasses.fields(IndexConfig)}
     index_kw = {k: options.pop(k) for k in list(options) if k in index_fields}
-    passed = ("index_cfg", "hardware", "placement", "source", "backend", "capacity_quantile")
+    passed = ("index_cfg", "hardware", "placement", "source", "backend", "capacity_quantile", "predictors")
     unknown = sorted(set(options) - (set(inspect.signature(prepare_hybrid).parameters) - set(passed)))
     if unknown:
         raise InputError(
             f"Model.hybrid: unknown option(s) {', '.join(unknown)}; it takes policy, mode, backend, hardware, "
-            f"placement, index_path, capacity_quantile, IndexConfig fields and prepare_hybrid's stats, corpus_path, "
-            f"profile_tokens, seq_len, n_ctx, pred_threshold"
+            f"placement, index_path, capacity_quantile, sparsity, IndexConfig fields and prepare_hybrid's stats, "
+            f"corpus_path, profile_tokens, seq_len, n_ctx, pred_threshold"
         )
     index_cfg = IndexConfig(policy=policy, path=None if index_path is None else os.fspath(index_path), **index_kw)
+    if sparsity is not None:
+        from pijax.sparsity.thresholds import check_sparsity
+
+        check_sparsity(sparsity)
+        if mode != "predictor":
+            raise ConfigError(f"sparsity= applies to the hybrid's mode='predictor', not mode={mode!r}")
+    if mode == "predictor":
+        from pijax.engine.pipeline import profile_windows
+        from pijax.engine.predictor_choice import choose_predictors
+
+        def windows() -> np.ndarray:
+            tokens = options.get("profile_tokens", 32_768)
+            return profile_windows(model, options.get("corpus_path"), options.get("seq_len", 128), tokens)
+
+        options["predictors"], options["pred_threshold"] = choose_predictors(
+            model,
+            sparsity=sparsity,
+            pred_threshold=options.get("pred_threshold"),
+            windows=windows,
+            train=False,
+            what="a hybrid engine",
+        )
     return prepare_hybrid(
         model,
         budget,

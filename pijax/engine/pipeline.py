@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pijax.engine.hybrid_ffn import HotMode, MaskSource
 from pijax.engine.setup import Backend, setup_engine
 from pijax.errors import ConfigError
 from pijax.index import BudgetPlan, GpuIndex, IndexConfig, get_or_build_index, hot_share, plan_budget
+from pijax.io.weights import PredictorWeights
 from pijax.layout.capacity import Capacities, calibrate_capacities
 from pijax.layout.config import HardwareConfig
 from pijax.layout.devices import Placement, setup_devices
@@ -89,6 +91,29 @@ def profile_windows(
     return token_windows(model.tokenizer, train.docs, seq_len, max_tokens=max_tokens)
 
 
+def profile_hot_counts(
+    model: Any, windows: np.ndarray, predictors: Sequence[PredictorWeights] | None, pred_threshold: Any
+) -> Any:
+    """The activation counts that choose the hot sets: ActivationStats (act != 0) of a ReLU-family model; for a
+    SiLU model, which never gives exact zeros, the rows its predictors keep at `pred_threshold` (gated run)."""
+    if model.config.ffn_act != "silu":
+        from pijax.sparsity.profile import profile
+
+        return profile(model, windows, mode="relu", progress=False)
+    from pijax.sparsity.oracle_predictors import predictor_keep_counts
+
+    counts, n_tokens = predictor_keep_counts(model.module, predictors, windows, pred_threshold)
+    return HotCounts(counts, n_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class HotCounts:
+    """Per-layer, per-neuron counts [L, F] of rows kept by a SiLU model's predictors over `n_tokens` tokens."""
+
+    counts: np.ndarray
+    n_tokens: int
+
+
 def prepare_hybrid(
     model: Any,
     budget: int | str,
@@ -97,7 +122,8 @@ def prepare_hybrid(
     hardware: HardwareConfig | None = None,
     placement: Placement | None = None,
     source: MaskSource = "predictor",
-    pred_threshold: float | None = None,
+    predictors: Sequence[PredictorWeights] | None = None,
+    pred_threshold: float | Sequence[float] | None = None,
     stats: Any = None,
     corpus_path: str | os.PathLike[str] | None = None,
     profile_tokens: int = 32_768,
@@ -108,7 +134,10 @@ def prepare_hybrid(
 ) -> HybridSetup:
     """Build a budget-checked hybrid engine for `model` (a pijax Model loaded from a GGUF file).
 
-    stats: ActivationStats (or anything with `.counts`); None profiles the model now. capacity_quantile: see
+    predictors / pred_threshold: the predictors and their (per-layer) cut-offs; None: the model file's
+    (pijax.engine.predictor_choice picks a SiLU model's). stats: ActivationStats (or anything with `.counts`);
+    None profiles the model now: act != 0 for a ReLU model, the rows its predictors keep for a SiLU one (through
+    the gated model, `oracle_predictors.predictor_keep_counts`). capacity_quantile: see
     pijax.layout.capacity (None: no caps, every predicted-active row computed). backend: where the FFN rows run
     (pijax.engine.setup): the cold rows on the host's CPU kernels unless "xla", the hot rows too when the
     accelerators are CPU devices; GPUs run XLA. Raises BudgetError when the
@@ -121,10 +150,14 @@ def prepare_hybrid(
     cold_kernels = setup_engine(backend, "cpu", "hybrid host (cold) FFN") == "kernels"
     hot_kernels = placement.platform == "cpu" and cold_kernels
     cfg = model.config
-    if cfg.ffn_act == "silu":
-        raise ConfigError("hybrid execution needs a ReLU-family model (ffn_act relu or drelu), as PowerInfer does")
     ckpt = model.checkpoint
-    preds = ckpt.weights.predictors if source == "predictor" else None
+    if cfg.ffn_act == "silu" and (source != "predictor" or predictors is None or pred_threshold is None):
+        raise ConfigError(
+            "hybrid execution of a SiLU model needs predictors and their cut-offs (m.hybrid(mode='predictor')): "
+            f"act != 0 keeps every row (source {source!r})",
+            ckpt.gguf.path,
+        )
+    preds = (ckpt.weights.predictors if predictors is None else list(predictors)) if source == "predictor" else None
     if source == "predictor" and preds is None:
         raise ConfigError("mask source 'predictor' needs a model file with predictors (blk.N.fc1/fc2)", ckpt.gguf.path)
     ranks = None if preds is None else [p.rank for p in preds]
@@ -141,10 +174,8 @@ def prepare_hybrid(
     if stats is None or (capacity_quantile is not None and source == "predictor"):
         windows = profile_windows(model, corpus_path, seq_len, profile_tokens)
     if stats is None:
-        from pijax.sparsity.profile import profile
-
         with jax.default_device(placement.host):
-            stats = profile(model, windows, mode="relu", progress=False)
+            stats = profile_hot_counts(model, windows, preds, pred_threshold)
     index, path, reason = get_or_build_index(ckpt.gguf, cfg, stats, plan, index_cfg, predictor_ranks=ranks)
     log.info("gpuidx %s: %s", path, reason)
     caps = None
@@ -155,6 +186,7 @@ def prepare_hybrid(
                 index.buckets,
                 placement.n_accel,
                 windows,
+                predictors=preds,
                 pred_threshold=pred_threshold,
                 quantile=capacity_quantile,
             )
@@ -163,6 +195,7 @@ def prepare_hybrid(
         index,
         placement,
         source=source,
+        predictors=preds,
         pred_threshold=pred_threshold,
         hot_mode=resolve_hot_mode(hw, placement),
         overlap=resolve_overlap(hw, placement),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +364,31 @@ def calibrate_logit_thresholds(
     stream that the already gated layers 0..l-1 produce, which is what the sparse model sees. (Cut-offs taken on
     the dense model's residuals skip ~5 points more than asked at 40% on SmolLM2: gating shifts later inputs.)
     All windows run as one batch, one layer at a time."""
+    n_layer = getattr(model, "module", model).cfg.n_layer
+    target = np.broadcast_to(check_sparsity(sparsity, n_layer), (n_layer,))
+    return gated_pass(model, preds, windows, lambda i, lg: np.quantile(lg, target[i]) if target[i] > 0 else -np.inf)[0]
+
+
+def predictor_keep_counts(
+    model: Any, preds: Sequence[PredictorWeights], windows: np.ndarray, thresholds: float | Sequence[float]
+) -> tuple[np.ndarray, int]:
+    """(int64 [L, F] tokens on which the predictor keeps each neuron, tokens counted), through the gated model
+    at the given per-layer cut-offs: the activation counts of a predictor-gated SiLU model, for its hot sets."""
+    n_layer = getattr(model, "module", model).cfg.n_layer
+    thr = np.broadcast_to(np.asarray(thresholds, np.float32), (n_layer,))
+    _, counts = gated_pass(model, preds, windows, lambda i, lg: thr[i])
+    return counts, int(np.asarray(windows).size)
+
+
+def gated_pass(
+    model: Any,
+    preds: Sequence[PredictorWeights],
+    windows: np.ndarray,
+    cut_off: Callable[[int, np.ndarray], float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `windows` through the predictor-gated model, layer by layer; `cut_off(layer, logits)` gives each
+    layer's threshold from its logits [N, F] on the gated residual stream. Returns (thresholds float32 [L],
+    keep counts int64 [L, F])."""
     from pijax.sparsity.profile import check_windows
 
     llama = getattr(model, "module", model)
@@ -371,7 +396,6 @@ def calibrate_logit_thresholds(
     n_layer = llama.cfg.n_layer
     if len(preds) != n_layer:
         raise DataError(f"{len(preds)} predictors for a model with {n_layer} layers")
-    target = np.broadcast_to(check_sparsity(sparsity, n_layer), (n_layer,))
     b, t = windows.shape
     cos, sin = llama._angles(b, t, 0)
     gd, _ = nnx.split(llama.layers[0])
@@ -382,17 +406,20 @@ def calibrate_logit_thresholds(
         return h, dense_position_logits(_logits_btf(p, h), 0, dense_positions).reshape(b * t, -1)
 
     @jax.jit
-    def gated(st: Any, h_btd: jax.Array, logits: jax.Array, thr: jax.Array) -> jax.Array:
+    def gated(st: Any, h_btd: jax.Array, logits: jax.Array, thr: jax.Array) -> tuple[jax.Array, jax.Array]:
         ffn = nnx.merge(gd, st)
-        keep = (logits >= thr).reshape(b, t, -1)
+        keep = logits >= thr
         act = ffn.ffn.activations(ffn.ffn_norm(h_btd))
-        return h_btd + down_project(jnp.where(keep, act, 0.0), ffn.ffn.w_down_fd[...])
+        out = h_btd + down_project(jnp.where(keep.reshape(b, t, -1), act, 0.0), ffn.ffn.w_down_fd[...])
+        return out, keep.sum(0)
 
     x = llama.embed(jnp.asarray(windows))
     out = np.zeros(n_layer, np.float32)
+    counts = np.zeros((n_layer, llama.cfg.n_ff), np.int64)
     for i, block in enumerate(llama.layers):
         st = nnx.state(block)
         h, logits = attend(st, x, {"fc1": jnp.asarray(preds[i].fc1), "fc2": jnp.asarray(preds[i].fc2)})
-        out[i] = np.quantile(np.asarray(logits), target[i]) if target[i] > 0 else -np.inf
-        x = gated(st, h, logits, jnp.float32(out[i]))
-    return out
+        out[i] = cut_off(i, np.asarray(logits))
+        x, kept = gated(st, h, logits, jnp.float32(out[i]))
+        counts[i] = np.asarray(kept)
+    return out, counts

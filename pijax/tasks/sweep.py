@@ -6,6 +6,10 @@
 Per run: pick the model (sweep.synthetic preset, model.path, or the shipped ReLU stories260K), profile its
 activations on the corpus' train split (once per process), build the budget-checked hybrid engine for the
 run's index policy and budget (pijax.engine.pipeline), then measure
+A SiLU model (SmolLM2) runs gated by its oracle predictors (pijax.engine.predictor_choice: cut-offs chosen in
+training, or calibrated on the train split for `sweep.sparsity`); its activation counts are the rows those
+predictors keep through the gated model, and its rows report the share of rows skipped on train and held-out text
+instead of recall/precision (the cost model's trace needs exact zeros, so it has no sim_* columns).
 - prefill and decode tokens/s: greedy generations from a held-out prompt, median of `repeats` after `warmup`;
 - resident accelerator bytes (the layout's accounting of every array's shards) and hot neurons;
 - hot share of activations (profiled activations that fall on hot neurons);
@@ -37,6 +41,7 @@ from pijax.bench.session import BenchModel, cached, load_bench_model, model_path
 from pijax.bench.simulate import capacity_trace, collect_trace, resolve_source, simulate_seconds
 from pijax.bench.simulate import transfer_bytes as sim_transfer_bytes
 from pijax.bench.throughput import stepped_logits_fn, time_generation
+from pijax.errors import ConfigError
 from pijax.index.budget import resolve_budget
 from pijax.results import format_table, plot_lines, read_results_csv, write_results_csv
 from pijax.run_config import RunConfig
@@ -73,15 +78,46 @@ def results_dir(sc: SweepConfig, smoke: bool, out_dir: Path) -> Path:
     return out_dir
 
 
-def _profile_stats(bm: BenchModel, corpus: str, sc: SweepConfig, host: Any) -> Any:
+def _profile_stats(bm: BenchModel, corpus: str, sc: SweepConfig, host: Any, gate: Any) -> Any:
+    from pijax.engine.pipeline import profile_hot_counts
     from pijax.sparsity.profile import profile
 
     def make() -> Any:
         windows = text_windows(bm.model, corpus, "train", 128, sc.profile_tokens)
         with jax.default_device(host):
+            if gate is not None:  # a SiLU model: the rows its predictors keep
+                return profile_hot_counts(bm.model, windows, *gate)
             return profile(bm.model, windows, mode="relu", batch_size=4, progress=True)  # 4: a 1B model's records
 
-    return cached(("stats", str(bm.path), corpus, sc.profile_tokens), make)
+    return cached(("stats", str(bm.path), corpus, sc.profile_tokens, sc.sparsity), make)
+
+
+def _silu_gate(bm: BenchModel, corpus: str, sc: SweepConfig, host: Any) -> tuple[list[Any], Any] | None:
+    """(predictors, per-layer cut-offs) gating a SiLU model (pijax.engine.predictor_choice); None for others."""
+    if bm.model.config.ffn_act != "silu":
+        return None
+    from pijax.engine.predictor_choice import choose_predictors
+
+    def make() -> tuple[list[Any], Any]:
+        def windows() -> np.ndarray:
+            return text_windows(bm.model, corpus, "train", 128, sc.calibration_tokens)
+
+        with jax.default_device(host):
+            return choose_predictors(bm.model, sparsity=sc.sparsity, windows=windows, train=False, what="task=sweep")
+
+    return cached(("gate", str(bm.path), corpus, sc.sparsity, sc.calibration_tokens), make)
+
+
+def _skipped_share(bm: BenchModel, windows: np.ndarray, gate: Any, host: Any) -> float:
+    """Share of FFN rows the predictors skip on `windows` (through the gated model)."""
+    from pijax.sparsity.oracle_predictors import predictor_keep_counts
+
+    def make() -> float:
+        with jax.default_device(host):
+            counts, n = predictor_keep_counts(bm.model.module, gate[0], windows, gate[1])
+        return 1.0 - float(counts.sum()) / (n * counts.size)
+
+    return cached(("skipped", str(bm.path), windows.shape, int(windows.sum()), str(gate[1])), make)
 
 
 def _dense_logits_fn(bm: BenchModel, host: Any) -> Any:
@@ -104,7 +140,7 @@ def _dense_logits_fn(bm: BenchModel, host: Any) -> Any:
 
 
 def _predictor_metrics(bm: BenchModel, windows: np.ndarray, host: Any) -> tuple[float, float] | None:
-    if not bm.has_predictors:
+    if bm.model.checkpoint.weights.predictors is None:  # a SiLU model's oracle predictors: see _skipped_share
         return None
     from pijax.sparsity.predictor_data import PredictorMetrics
     from pijax.sparsity.predictors import evaluate_predictors
@@ -200,7 +236,15 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
     bm = load_bench_model(path, cfg.model.ffn_act, placement.host)
     model, mcfg = bm.model, bm.model.config
     source = resolve_source(sc.source, model)
-    ranks = [p.rank for p in model.checkpoint.weights.predictors or []] if source == "predictor" else None
+    if mcfg.ffn_act == "silu" and source != "predictor":
+        raise ConfigError(
+            f"a SiLU model needs predictors to gate its rows (sweep.source=auto or predictor): sweep.source={source} "
+            "keeps every row",
+            bm.path,
+        )
+    gate = _silu_gate(bm, cfg.corpus, sc, placement.host) if source == "predictor" else None
+    file_preds = model.checkpoint.weights.predictors or []
+    ranks = [p.rank for p in (gate[0] if gate else file_preds)] if source == "predictor" else None
     plan_kw: dict[str, Any] = {
         "weight_dtype": np.dtype(model.module.dtype).name,
         "n_ctx": sc.n_ctx,
@@ -210,7 +254,7 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
     }
     budget = resolve_budget(cfg.budget, mcfg, **plan_kw)
     plan_budget(mcfg, budget, allow_all_cold=cfg.index.allow_all_cold, **plan_kw)  # fails before the profiling
-    stats = _profile_stats(bm, cfg.corpus, sc, placement.host)
+    stats = _profile_stats(bm, cfg.corpus, sc, placement.host, gate)
     index_cfg = cfg.index
     if not index_cfg.path:  # the run's own index file: never written next to a shipped model
         index_cfg = dataclasses.replace(index_cfg, path=str(out_dir / f"{bm.path.name}.generated.gpuidx"))
@@ -222,6 +266,8 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
         hardware=cfg.hardware,
         placement=placement,
         source=source,
+        predictors=None if gate is None else gate[0],
+        pred_threshold=None if gate is None else gate[1],
         stats=stats,
         corpus_path=cfg.corpus or None,
         profile_tokens=sc.calibration_tokens,
@@ -249,10 +295,15 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
         "prefill_tok_s": timing.prefill_tok_s,
         "decode_tok_s": timing.decode_tok_s,
     }
+    if gate is not None:
+        row["sparsity_target"] = "training cut-offs" if sc.sparsity is None else sc.sparsity
+        row["train_skipped"] = 1.0 - float(np.sum(stats.counts)) / (stats.n_tokens * np.size(stats.counts))
     if sc.eval_windows:
         windows = text_windows(model, cfg.corpus, "held_out", sc.eval_seq_len, sc.eval_windows * sc.eval_seq_len)
         pred = _predictor_metrics(bm, windows, placement.host) if source == "predictor" else None
         row["recall"], row["precision"] = pred if pred is not None else (None, None)
+        if gate is not None:
+            row["heldout_skipped"] = _skipped_share(bm, windows, gate, placement.host)
         n_cache = setup.engine.cache_size(len(prompt), sc.new_tokens)  # the timed runs' cache: no new compiles
         fid = compare(
             _dense_logits_fn(bm, placement.host), stepped_logits_fn(setup.engine, n_cache), windows, batch_size=4
@@ -262,11 +313,12 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
             "mean_kl": fid.mean_kl,
             "ppl_dense": fid.ppl_reference,
             "ppl_hybrid": fid.ppl_candidate,
+            "ppl_change": fid.ppl_candidate / fid.ppl_reference - 1.0,
         }
     dense = _dense_timing(bm, prompt, sc, placement.host)
     row["dense_decode_tok_s"] = dense
     row["speedup_vs_dense"] = timing.decode_tok_s / dense if dense else None
-    if sc.simulate_profile and sc.trace_tokens:
+    if sc.simulate_profile and sc.trace_tokens and gate is None:
         trace = _trace(bm, cfg.corpus, source, stats, sc, placement.host)
         sim, sim_caps = _simulated_tok_s(bm, setup, trace, sc)
         measured = timing.decode_tok_s
@@ -288,7 +340,8 @@ def measure(cfg: RunConfig, out_dir: Path, sc: SweepConfig) -> dict[str, Any]:
 
 
 def redraw(folder: Path, model: str) -> tuple[Path, list[dict[str, Any]]]:
-    """Redraw `model`'s PNG in `folder` from the newest row per (policy, budget) of folder/results.csv."""
+    """Redraw `model`'s PNGs in `folder` (decode tok/s, returned, and hot share against resident memory) from the
+    newest row per (policy, budget) of folder/results.csv."""
     rows = [_typed(r) for r in _latest(read_results_csv(folder / "results.csv")) if r.get("model") == model]
     rows.sort(key=lambda r: (str(r["policy"]), float(r["resident_mib"])))
     synthetic = any(r.get("label") == "synthetic" for r in rows)
@@ -301,6 +354,17 @@ def redraw(folder: Path, model: str) -> tuple[Path, list[dict[str, Any]]]:
         title=f"{model} on {rows[0]['hardware']}",
         xlabel="resident accelerator memory (MiB)",
         ylabel="decode tokens/s (median)",
+        labels=["synthetic"] if synthetic else [],
+    )
+    plot_lines(  # how much of the activations each budget's hot set catches: the power law, or its absence
+        rows,
+        "resident_mib",
+        "hot_share",
+        "policy",
+        folder / f"hot_share_vs_vram_{BenchModel(None, Path(), '', model).slug}.png",
+        title=f"{model}: share of profiled activations on hot rows",
+        xlabel="resident accelerator memory (MiB)",
+        ylabel="hot share of activations",
         labels=["synthetic"] if synthetic else [],
     )
     return png, rows
