@@ -366,7 +366,13 @@ def calibrate_logit_thresholds(
     All windows run as one batch, one layer at a time."""
     n_layer = getattr(model, "module", model).cfg.n_layer
     target = np.broadcast_to(check_sparsity(sparsity, n_layer), (n_layer,))
-    return gated_pass(model, preds, windows, lambda i, lg: np.quantile(lg, target[i]) if target[i] > 0 else -np.inf)[0]
+    return gated_pass(
+        model,
+        preds,
+        windows,
+        lambda i, lg: np.quantile(lg, target[i]) if target[i] > 0 else -np.inf,
+        dense_positions,
+    )[0]
 
 
 def predictor_keep_counts(
@@ -385,9 +391,11 @@ def gated_pass(
     preds: Sequence[PredictorWeights],
     windows: np.ndarray,
     cut_off: Callable[[int, np.ndarray], float],
+    dense_positions: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run `windows` through the predictor-gated model, layer by layer; `cut_off(layer, logits)` gives each
-    layer's threshold from its logits [N, F] on the gated residual stream. Returns (thresholds float32 [L],
+    layer's threshold from its logits [N, F] on the gated residual stream (the first `dense_positions` positions
+    of each window keep every row: +inf logits). Returns (thresholds float32 [L],
     keep counts int64 [L, F])."""
     from pijax.sparsity.profile import check_windows
 
