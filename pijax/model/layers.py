@@ -90,6 +90,10 @@ def init_cache(cfg: ModelConfig, batch: int, n_ctx: int, dtype: jnp.dtype = jnp.
 def _cache_write(cache_bkse: jax.Array, new_bkte: jax.Array, pos: jax.Array | int) -> jax.Array:
     """The cache with positions pos.. overwritten by the new ones."""
     zero = jnp.zeros((), jnp.int32)
+    want = jax.typeof(cache_bkse).sharding
+    if not want.mesh.empty and jax.typeof(new_bkte).sharding.mesh.empty:
+        # A C++ kernel's k/v carry no mesh; on an explicit mesh the in-place update needs the cache's sharding.
+        new_bkte = jax.sharding.reshard(new_bkte, want)
     return jax.lax.dynamic_update_slice(
         cache_bkse, new_bkte.astype(cache_bkse.dtype), (zero, zero, jnp.asarray(pos, jnp.int32), zero)
     )
