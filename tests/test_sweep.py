@@ -21,8 +21,8 @@ from pijax.index import plan_budget
 from pijax.index.budget import ffn_share, resolve_budget
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = ("powerinfer", "neuron_greedy", "uniform")
-BUDGETS = ("ffn:10%", "ffn:50%", "ffn:90%")
+POLICIES = ("powerinfer", "neuron_greedy")  # 4 jobs: the CI budget; every policy shares the job code
+BUDGETS = ("ffn:10%", "ffn:90%")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def multirun(tmp_path_factory):
     return tmp, proc, marker
 
 
-def test_multirun_of_3_policies_x_3_budgets_writes_results_csv_and_png(multirun):
+def test_multirun_of_2_policies_x_2_budgets_writes_results_csv_and_png(multirun):
     tmp, proc, _ = multirun
     with open(tmp / "results" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -68,7 +68,7 @@ def test_multirun_of_3_policies_x_3_budgets_writes_results_csv_and_png(multirun)
         assert 0 < float(r["recall"]) <= 1 and 0 < float(r["precision"]) <= 1  # the shipped predictors
         assert r["label"] == "real" and r["source"] == "predictor" and float(r["sim_cpu_decode_tok_s"]) > 0
         assert float(r["sim_error"]) > -1  # the cost model's error is logged beside every point (issue 16)
-    for policy in ("neuron_greedy", "uniform"):  # more budget: more hot rows resident, more activations on them
+    for policy in ("neuron_greedy",):  # more budget: more hot rows resident, more activations on them
         mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: int(r["budget_bytes"]))
         assert [int(r["resident_bytes"]) for r in mine] == sorted(int(r["resident_bytes"]) for r in mine)
         shares = [float(r["hot_share"]) for r in mine]
@@ -81,7 +81,7 @@ def test_multirun_of_3_policies_x_3_budgets_writes_results_csv_and_png(multirun)
 def test_each_job_has_an_offline_wandb_run_folder_with_the_table_and_the_plot(multirun):
     tmp, _, _ = multirun
     jobs = sorted(p for p in (tmp / "runs").iterdir() if p.is_dir() and p.name.isdigit())
-    assert len(jobs) == 9
+    assert len(jobs) == len(POLICIES) * len(BUDGETS)
     for job in jobs:
         (run,) = (job / "wandb").glob("offline-run-*")  # inside the job's own output folder
         tables = run / "files" / "media" / "table"
@@ -91,7 +91,7 @@ def test_each_job_has_an_offline_wandb_run_folder_with_the_table_and_the_plot(mu
         assert b"wandb/line/v0" in next(run.glob("run-*.wandb")).read_bytes()  # the line plot's chart spec
     last = jobs[-1] / "wandb"
     (table,) = (next(last.glob("offline-run-*")) / "files" / "media" / "table").glob("sweep_results_*.table.json")
-    assert table.read_text().count('"ffn:') >= 9  # the last job's table holds every row of the sweep
+    assert table.read_text().count('"ffn:') >= len(jobs)  # the last job's table holds every row of the sweep
 
 
 def test_no_wandb_process_outlives_the_sweep(multirun):
