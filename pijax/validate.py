@@ -331,6 +331,7 @@ CONFIG_RANGES: dict[str, Range] = {
     "sweep.profile_tokens": POS,
     "sweep.calibration_tokens": POS,
     "sweep.capacity_quantile": SHARE,
+    "sweep.sparsity": HOLD_OUT,
     "sweep.eval_windows": NONNEG,
     "sweep.eval_seq_len": Range(min=2),
     "sweep.trace_tokens": NONNEG,

@@ -71,7 +71,7 @@ def test_smollm2_sweep_writes_a_row_per_policy_and_budget(multirun):
 def test_bad_sweep_input_is_one_clear_line(tmp_path, smollm2_path):
     out = _run(tmp_path, "task=sweep", "model=smollm2_135m", "smoke=true", "sweep.sparsity=1.5", timeout=120)
     assert out.returncode != 0
-    assert "sweep.sparsity must be null or a share in [0, 1), got 1.5" in out.stderr
+    assert "sweep.sparsity must be in [0.0, 1.0), got 1.5" in out.stderr
     assert "Traceback" not in out.stderr
     out = _run(tmp_path, "task=sweep", "model=smollm2_135m", "smoke=true", "sweep.source=oracle", "budget=ffn:20%")
     assert out.returncode != 0 and "Traceback" not in out.stderr
