@@ -345,27 +345,27 @@ def redraw(folder: Path, model: str) -> tuple[Path, list[dict[str, Any]]]:
     rows = [_typed(r) for r in _latest(read_results_csv(folder / "results.csv")) if r.get("model") == model]
     rows.sort(key=lambda r: (str(r["policy"]), float(r["resident_mib"])))
     synthetic = any(r.get("label") == "synthetic" for r in rows)
+    slug = BenchModel(None, Path(), "", model).slug
+    common = {"xlabel": "resident accelerator memory (MiB)", "labels": ["synthetic"] if synthetic else []}
     png = plot_lines(
         rows,
         "resident_mib",
         "decode_tok_s",
         "policy",
-        folder / f"tok_s_vs_vram_{BenchModel(None, Path(), '', model).slug}.png",
+        folder / f"tok_s_vs_vram_{slug}.png",
         title=f"{model} on {rows[0]['hardware']}",
-        xlabel="resident accelerator memory (MiB)",
         ylabel="decode tokens/s (median)",
-        labels=["synthetic"] if synthetic else [],
+        **common,
     )
     plot_lines(  # how much of the activations each budget's hot set catches: the power law, or its absence
         rows,
         "resident_mib",
         "hot_share",
         "policy",
-        folder / f"hot_share_vs_vram_{BenchModel(None, Path(), '', model).slug}.png",
+        folder / f"hot_share_vs_vram_{slug}.png",
         title=f"{model}: share of profiled activations on hot rows",
-        xlabel="resident accelerator memory (MiB)",
         ylabel="hot share of activations",
-        labels=["synthetic"] if synthetic else [],
+        **common,
     )
     return png, rows
 
